@@ -1,0 +1,45 @@
+# virtrigaud developer entry points. Everything runs from the project venv (.venv).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PROTO_SRC := proto/virtrigaud/provider/v1/provider.proto
+
+.PHONY: install system-deps proto lint test test-fast demo images clean
+
+## install: create .venv and install virtrigaud with its dev and libvirt extras
+install: $(BIN)/virtrigaud
+
+$(BIN)/virtrigaud: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,libvirt]'
+	@touch $@
+
+## system-deps: Debian packages the tests and the demo need (run as root)
+system-deps:
+	scripts/install-system-deps.sh
+
+## proto: regenerate the committed Python stubs from proto/ (never edit them by hand)
+proto: install
+	scripts/gen-proto.sh .
+
+## lint: ruff and mypy, both must be clean
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## test: the whole suite (starts its own servers; see tests/servers/)
+test: install
+	scripts/run-tests.sh
+
+## demo: the end-to-end demo (not built yet: see README)
+demo:
+	@echo "make demo: not yet -- the end-to-end demo lands with issue #8 (see README.md)"; exit 1
+
+images:
+	docker build -f Dockerfile.manager -t virtrigaud/manager:dev .
+	docker build -f Dockerfile.provider -t virtrigaud/provider:dev .
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The virtrigaud manager: controllers that drive VMMigration, VirtualMachine and Provider objects."""

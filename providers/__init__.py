@@ -1,0 +1,1 @@
+"""Provider servers, one package per hypervisor, and the shared runtime."""

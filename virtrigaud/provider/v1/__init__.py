@@ -1,0 +1,1 @@
+"""Generated stubs of virtrigaud.provider.v1 (see scripts/gen-proto.sh; never edit)."""
