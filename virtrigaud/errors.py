@@ -32,6 +32,7 @@ back into exceptions (``from_grpc_error``), so both sides always agree.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
@@ -192,7 +193,9 @@ def error_code_name(code: int) -> str:
     return pb.ErrorCode.Name(code).removeprefix("ERROR_CODE_")
 
 
-def to_grpc_status(error: BaseException) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+def to_grpc_status(
+    error: BaseException,
+) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
     """(status code, details, trailing metadata) for any exception raised by a handler.
 
     Unknown exceptions become INTERNAL with their type name but not their text, which
@@ -213,7 +216,7 @@ def from_grpc_error(error: grpc.RpcError) -> VirtrigaudError:
     """Rebuild the typed error from a failed call (status code + trailing metadata)."""
     status = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
-    trailing = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    trailing: Any = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
     for key, value in trailing or ():
         if key == ERROR_METADATA_KEY and isinstance(value, str):
             try:
@@ -229,7 +232,11 @@ def from_grpc_error(error: grpc.RpcError) -> VirtrigaudError:
 def to_task_error(error: BaseException) -> pb.TaskError:
     """The TaskError recorded on a failed or cancelled task."""
     if isinstance(error, VirtrigaudError):
-        return pb.TaskError(code=error.code, message=error.message, retryable=error.retryable)
+        return pb.TaskError(
+            code=error.code,  # type: ignore[arg-type]
+            message=error.message,
+            retryable=error.retryable,
+        )
     return pb.TaskError(
         code=pb.ERROR_CODE_INTERNAL,
         message=f"internal error ({type(error).__name__})",

@@ -50,9 +50,7 @@ def configure(level: str = "info", json: bool = True) -> None:
     """Configure structlog (and the stdlib root logger it renders through)."""
     numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -69,5 +67,9 @@ def configure(level: str = "info", json: bool = True) -> None:
 
 
 def get_logger(name: str) -> Any:
-    """A bound structlog logger carrying ``logger=name``."""
-    return structlog.get_logger(name).bind(logger=name)
+    """A lazy structlog logger carrying ``component=name``.
+
+    Lazy on purpose: module-level loggers are created at import time, before
+    ``configure`` runs, and must still use the configuration made later.
+    """
+    return structlog.get_logger(component=name)

@@ -1,0 +1,1 @@
+"""The runtime every provider server shares: servicer, tasks, server, driver base."""
