@@ -44,6 +44,7 @@ class MemoryProvider(ProviderDriver):
     networks: tuple[str, ...] = ("default", "br0")
     images: tuple[str, ...] = ("base-image",)
     chunk_delay: float = 0.0  # seconds per MiB moved, to make cancel/watch observable
+    slow_vms: dict[str, float] = field(default_factory=dict)  # vm id -> delay per MiB
     # called after each MiB moved with (bytes done); tests use it to pause a transfer
     chunk_hook: Callable[[int], None] | None = None
     provider_type: str = "memory"
@@ -106,7 +107,7 @@ class MemoryProvider(ProviderDriver):
         self.vms[vm_id] = vm
         return vm
 
-    def _copy(self, src: Path, dst: Path, ctx: TaskContext) -> str:
+    def _copy(self, src: Path, dst: Path, ctx: TaskContext, delay: float | None = None) -> str:
         """Copy with progress and cancellation; returns the SHA256. No partial leftovers."""
         total = src.stat().st_size
         digest = hashlib.sha256()
@@ -122,8 +123,9 @@ class MemoryProvider(ProviderDriver):
                     digest.update(chunk)
                     done += len(chunk)
                     ctx.progress(done, total)
-                    if self.chunk_delay:
-                        time.sleep(self.chunk_delay)
+                    pause = self.chunk_delay if delay is None else delay
+                    if pause:
+                        time.sleep(pause)
                     if self.chunk_hook is not None:
                         self.chunk_hook(done)
             part.replace(dst)
@@ -265,7 +267,7 @@ class MemoryProvider(ProviderDriver):
             raise errors.Unsupported("the memory provider only exports raw")
         dst = nfs_path(request.destination.url)
         ctx.set_stage("uploading")
-        sha = self._copy(Path(disk.path), dst, ctx)
+        sha = self._copy(Path(disk.path), dst, ctx, self.slow_vms.get(vm.id))
         size = dst.stat().st_size
         return pb.ExportResult(
             url=request.destination.url,
