@@ -29,8 +29,8 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-## test: the whole suite (starts its own servers; see tests/servers/)
-test: install
+## test: system packages, venv, then the whole suite incl. lint (starts its own servers)
+test: system-deps install
 	scripts/run-tests.sh
 
 ## demo: the end-to-end demo (not built yet: see README)

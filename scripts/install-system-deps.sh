@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Install the Debian packages the tests and the demo need, if any are missing.
+# Idempotent and quick when everything is present; uses sudo when not root.
+set -euo pipefail
+
+PACKAGES=(
+  qemu-utils                 # qemu-img: conversion, info, map, compare
+  nginx libnginx-mod-http-dav-ext   # HTTP (WebDAV) intermediate storage in tests
+  libvirt-dev pkg-config gcc # to build libvirt-python
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  [[ "$pkg" == \#* ]] && continue
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if ((${#missing[@]} == 0)); then
+  exit 0
+fi
+echo "installing Debian packages: ${missing[*]}"
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
