@@ -1,1 +1,1 @@
-"""The virtrigaud manager: controllers that drive VMMigration, VirtualMachine and Provider objects."""
+"""The virtrigaud manager: controllers driving VMMigration, VirtualMachine and Provider."""
