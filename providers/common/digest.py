@@ -1,0 +1,460 @@
+"""The two digests of a migrated disk, both built on SHA256.
+
+Transport digest
+----------------
+The plain SHA256 of the bytes of the object in intermediate storage (a qcow2 file, a
+raw image, ...): what the exporter wrote is what the importer read. ``TransportHasher``
+computes it while bytes stream past.
+
+Content digest (definition, version 1)
+--------------------------------------
+A digest of the guest-visible disk: the bytes a guest reads from the virtual disk,
+i.e. the image converted to raw. It does not depend on the image format, on
+allocation, compression or cluster layout, so it is equal for the source snapshot and
+for the imported disk whatever conversions happened in between. Definition:
+
+- ``D``: the virtual disk bytes, ``V = len(D)`` the virtual size in bytes as qemu-img
+  reports it (``virtual-size``). Note: qemu-img rounds a raw file whose length is not a
+  multiple of 512 up to a whole sector, the tail reading as zeros; ``V`` is that
+  rounded size, as every converted copy of the file has it.
+- ``C = 4 MiB = 4194304`` bytes; ``n = ceil(V / C)``;
+  ``chunk_i = D[i*C : min((i+1)*C, V)]`` for ``i = 0 .. n-1`` (the last chunk may be
+  shorter than ``C`` and is hashed as it is, without padding).
+- ``H_i = SHA256(chunk_i)`` (32 raw bytes).
+- ``content digest = SHA256( uint64_big_endian(V) || H_0 || H_1 || ... || H_{n-1} )``,
+  written as 64 lowercase hexadecimal characters. For ``V = 0`` it is
+  ``SHA256(8 zero bytes)`` = ``af5570f5a1810b7af78caf4bc70a660f0df51e42baf91d4de5b2328de0e83dfc``.
+
+A full chunk of zeros always hashes to ``ZERO_CHUNK_SHA256`` =
+``bb9f8df61474d25e71fa00722318cd387396ca1736605e1248821cc0de3d3af8`` (SHA256 of 4 MiB of
+zero bytes), so an implementation may use that constant for any chunk it knows to be
+zero (unallocated or zero-flagged in the image's allocation map) without reading or
+hashing it; this changes nothing in the result, only its cost.
+
+Computing it from an image file (``content_digest``)
+----------------------------------------------------
+``qemu-img map --output=json`` gives, for every virtual range, whether it reads as
+zeros and, for stored data, the host ``offset`` in the file of the layer at ``depth``.
+
+- Zero ranges (``"zero": true``: holes, unallocated clusters, zero clusters, the end of
+  a backing chain) are never read: whole zero chunks use the constant.
+- Data ranges with an ``offset`` are read straight from the host file when that file is
+  known without doubt: raw (the file), qcow2 without an external data file (the file),
+  vdi and vpc (the file), vmdk with a single uncompressed extent (that extent's file:
+  the image itself for monolithicSparse, ``x-flat.vmdk`` for monolithicFlat); each
+  layer of a backing chain by its depth. This is the cheap path: only data is read.
+- Everything else takes the fallback: the image is converted by qemu-img into a sparse
+  raw file in a bounded scratch directory (budget: the image's data ranges), and that
+  file is hashed by the cheap path. This covers compressed qcow2 clusters and
+  streamOptimized vmdk (map gives no offsets for compressed data), vhdx (qemu 7.2's
+  vhdx driver reports neither offsets nor zeros), multi-extent vmdk and encrypted
+  images (whose keys qemu-img would need anyway).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+from virtrigaud.errors import Cancelled, InternalError, InvalidArgument
+
+from . import qemu_img
+from .qemu_img import CancelToken, Extent, ImageInfo
+from .scratch import Scratch
+from .sparsefile import is_zero
+
+CHUNK_SIZE = 4 * 1024 * 1024
+ZERO_CHUNK_SHA256 = hashlib.sha256(bytes(CHUNK_SIZE)).digest()
+_SECTOR = 512
+_ZEROS = bytes(CHUNK_SIZE)
+
+ByteProgress = Callable[[int, int], None]
+
+
+# ---------------------------------------------------------------- transport digest
+
+
+class TransportHasher:
+    """SHA256 and length of a byte stream."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self._sha.update(data)
+        self.size += len(data)
+
+    def wrap(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """Pass ``chunks`` through, hashing each one."""
+        for chunk in chunks:
+            self.update(chunk)
+            yield chunk
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], block: int = 1024 * 1024) -> str:
+    """Transport digest of a file."""
+    hasher = TransportHasher()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+# ---------------------------------------------------------------- content digest core
+
+
+@functools.lru_cache(maxsize=8)
+def zero_digest(length: int) -> bytes:
+    """SHA256 of ``length`` zero bytes (``ZERO_CHUNK_SHA256`` for a full chunk)."""
+    return ZERO_CHUNK_SHA256 if length == CHUNK_SIZE else hashlib.sha256(bytes(length)).digest()
+
+
+class ContentTree:
+    """The content digest fed one chunk at a time, in order (see module docstring)."""
+
+    def __init__(self, virtual_size: int | None = None) -> None:
+        self.virtual_size = virtual_size
+        self.consumed = 0
+        self._closed = False  # a short chunk was added: it must be the last
+        self._outer: hashlib._Hash | None = None
+        self._pending = bytearray()
+        if virtual_size is not None:
+            self._outer = hashlib.sha256(virtual_size.to_bytes(8, "big"))
+
+    def add_chunk(self, data: bytes | bytearray) -> None:
+        self._append(hashlib.sha256(data).digest(), len(data))
+
+    def add_zero_chunk(self, length: int) -> None:
+        self._append(zero_digest(length), length)
+
+    def hexdigest(self) -> str:
+        if self.virtual_size is None:
+            outer = hashlib.sha256(self.consumed.to_bytes(8, "big"))
+            outer.update(self._pending)
+            return outer.hexdigest()
+        if self.consumed != self.virtual_size:
+            raise InternalError(
+                f"content digest fed {self.consumed} of {self.virtual_size} virtual bytes"
+            )
+        assert self._outer is not None
+        return self._outer.hexdigest()
+
+    def _append(self, digest: bytes, length: int) -> None:
+        if self._closed or not 0 < length <= CHUNK_SIZE:
+            raise InternalError("content digest chunks must be 4 MiB except the last")
+        if self.virtual_size is not None and self.consumed + length > self.virtual_size:
+            raise InternalError("content digest fed past the virtual size")
+        self._closed = length < CHUNK_SIZE
+        self.consumed += length
+        if self._outer is not None:
+            self._outer.update(digest)
+        else:
+            self._pending += digest
+
+
+class ContentHasher:
+    """The content digest of raw virtual disk bytes arriving in order, in any pieces."""
+
+    def __init__(self, virtual_size: int | None = None) -> None:
+        self._tree = ContentTree(virtual_size)
+        self._buffer = bytearray()
+        self.size = 0
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+        pos = 0
+        if self._buffer:
+            pos = min(CHUNK_SIZE - len(self._buffer), len(data))
+            self._buffer += data[:pos]
+            self._flush_full()
+        while len(data) - pos >= CHUNK_SIZE:
+            self._add(data[pos : pos + CHUNK_SIZE])
+            pos += CHUNK_SIZE
+        if pos < len(data):
+            self._buffer += data[pos:]
+
+    def update_zeros(self, count: int) -> None:
+        """``count`` zero bytes, known to be zero: whole chunks are not hashed."""
+        self.size += count
+        if self._buffer:
+            fill = min(CHUNK_SIZE - len(self._buffer), count)
+            self._buffer += _ZEROS[:fill]
+            count -= fill
+            self._flush_full()
+        while count >= CHUNK_SIZE:
+            self._tree.add_zero_chunk(CHUNK_SIZE)
+            count -= CHUNK_SIZE
+        if count:
+            self._buffer += _ZEROS[:count]
+
+    def hexdigest(self) -> str:
+        if self._buffer:
+            self._add(bytes(self._buffer))
+            self._buffer.clear()
+        return self._tree.hexdigest()
+
+    def _flush_full(self) -> None:
+        if len(self._buffer) == CHUNK_SIZE:
+            self._add(bytes(self._buffer))
+            self._buffer.clear()
+
+    def _add(self, chunk: bytes) -> None:
+        if is_zero(chunk):
+            self._tree.add_zero_chunk(len(chunk))
+        else:
+            self._tree.add_chunk(chunk)
+
+
+# ---------------------------------------------------------------- from an image file
+
+
+class RangeReader(Protocol):
+    """Reads host file bytes; injectable so tests can count what is read."""
+
+    def pread(self, path: str, offset: int, length: int) -> bytes: ...
+
+
+class FileRangeReader:
+    """The default reader: ``os.pread`` on files opened read-only once each."""
+
+    def __init__(self) -> None:
+        self._fds: dict[str, int] = {}
+
+    def pread(self, path: str, offset: int, length: int) -> bytes:
+        fd = self._fds.get(path)
+        if fd is None:
+            fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        parts = []
+        while length > 0:
+            data = os.pread(fd, length, offset)
+            if not data:
+                break
+            parts.append(data)
+            offset += len(data)
+            length -= len(data)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def __enter__(self) -> FileRangeReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """Where an image's virtual bytes are: its info, its map, the host file per depth.
+
+    ``files`` is None when some data range cannot be read straight from a known file
+    (the content digest then takes the raw-copy fallback).
+    """
+
+    path: str
+    info: ImageInfo
+    extents: tuple[Extent, ...]
+    files: Mapping[int, str] | None
+
+    @property
+    def virtual_size(self) -> int:
+        return self.info.virtual_size
+
+    @property
+    def direct(self) -> bool:
+        return self.files is not None
+
+    @property
+    def data_bytes(self) -> int:
+        """Virtual bytes in ranges that are not known to be zero (an upper bound of data)."""
+        return sum(e.length for e in self.extents if not e.zero)
+
+
+def data_layout(
+    path: str | os.PathLike[str], format: str | None = None, *, force_share: bool = False
+) -> DataLayout:
+    """Read info (with the backing chain) and the allocation map of an image."""
+    abspath = qemu_img.safe_path(path)
+    info = qemu_img.info(abspath, format, backing_chain=True, force_share=force_share)
+    extents = tuple(qemu_img.map(abspath, format or info.format, force_share=force_share))
+    _check_coverage(extents, info.virtual_size)
+    return DataLayout(abspath, info, extents, _host_files(info, extents))
+
+
+def content_digest(
+    path: str | os.PathLike[str],
+    format: str | None = None,
+    progress: ByteProgress | None = None,
+    cancel: CancelToken | None = None,
+    *,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    scratch_limit: int | None = None,
+    reader: RangeReader | None = None,
+    force_share: bool = False,
+) -> str:
+    """Content digest (hex) of an image of any qemu-img format; see module docstring."""
+    layout = data_layout(path, format, force_share=force_share)
+    return layout_digest(
+        layout,
+        progress=progress,
+        cancel=cancel,
+        scratch_dir=scratch_dir,
+        scratch_limit=scratch_limit,
+        reader=reader,
+        force_share=force_share,
+    )
+
+
+def layout_digest(
+    layout: DataLayout,
+    *,
+    progress: ByteProgress | None = None,
+    cancel: CancelToken | None = None,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    scratch_limit: int | None = None,
+    reader: RangeReader | None = None,
+    force_share: bool = False,
+) -> str:
+    """Content digest of an already mapped image (direct reads or the raw-copy fallback)."""
+    if layout.direct:
+        if reader is not None:
+            return _digest_direct(layout, reader, progress, cancel)
+        with FileRangeReader() as own:
+            return _digest_direct(layout, own, progress, cancel)
+    size = layout.virtual_size
+    with Scratch(scratch_dir, limit=scratch_limit) as scratch:
+        scratch.reserve(layout.data_bytes, "a raw copy for the content digest")
+        raw = scratch.file("content.raw")
+        half = _scaled(progress, 0, size)
+        qemu_img.convert(
+            layout.path,
+            raw,
+            src_format=layout.info.format,
+            dst_format="raw",
+            progress=(lambda f: half(int(f * size), size)) if half else None,
+            cancel=cancel,
+            force_share=force_share,
+        )
+        raw_layout = data_layout(raw, "raw")
+        if raw_layout.virtual_size != size or not raw_layout.direct:
+            raise InternalError(f"raw copy of {layout.path} does not map as expected")
+        with FileRangeReader() as own:
+            return _digest_direct(raw_layout, reader or own, _scaled(progress, size, size), cancel)
+
+
+def _scaled(progress: ByteProgress | None, base: int, size: int) -> ByteProgress | None:
+    """Report one of two equal halves of the work (raw copy, then hashing)."""
+    if progress is None:
+        return None
+    report = progress
+
+    def scaled(done: int, _total: int) -> None:
+        report((base + done) // 2, size)
+
+    return scaled
+
+
+def _digest_direct(
+    layout: DataLayout,
+    reader: RangeReader,
+    progress: ByteProgress | None,
+    cancel: CancelToken | None,
+) -> str:
+    assert layout.files is not None
+    size = layout.virtual_size
+    tree = ContentTree(size)
+    data = [e for e in layout.extents if not e.zero]
+    first = 0
+    for start in range(0, size, CHUNK_SIZE):
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("content digest cancelled")
+        end = min(start + CHUNK_SIZE, size)
+        while first < len(data) and data[first].end <= start:
+            first += 1
+        buffer: bytearray | None = None
+        index = first
+        while index < len(data) and data[index].start < end:
+            extent = data[index]
+            lo, hi = max(extent.start, start), min(extent.end, end)
+            if buffer is None:
+                buffer = bytearray(end - start)
+            piece = _read_piece(layout, reader, extent, lo, hi)
+            buffer[lo - start : lo - start + len(piece)] = piece
+            index += 1
+        if buffer is None:
+            tree.add_zero_chunk(end - start)
+        else:
+            tree.add_chunk(buffer)
+        if progress is not None:
+            progress(end, size)
+    return tree.hexdigest()
+
+
+def _read_piece(layout: DataLayout, reader: RangeReader, extent: Extent, lo: int, hi: int) -> bytes:
+    assert layout.files is not None and extent.offset is not None
+    piece = reader.pread(layout.files[extent.depth], extent.offset + lo - extent.start, hi - lo)
+    # A raw file is a whole number of sectors to qemu: bytes past its end read as zeros.
+    if len(piece) < hi - lo and not (hi == layout.virtual_size and hi - lo - len(piece) < _SECTOR):
+        raise InvalidArgument(
+            f"{layout.path}: data at virtual offset {lo} lies beyond the end of "
+            f"{layout.files[extent.depth]} (truncated image?)"
+        )
+    return piece
+
+
+def _check_coverage(extents: tuple[Extent, ...], size: int) -> None:
+    pos = 0
+    for extent in extents:
+        if extent.start != pos:
+            raise InternalError(f"qemu-img map has a gap or overlap at offset {pos}")
+        pos = extent.end
+    if pos != size:
+        raise InternalError(f"qemu-img map covers {pos} of {size} virtual bytes")
+
+
+def _host_files(info: ImageInfo, extents: tuple[Extent, ...]) -> dict[int, str] | None:
+    layers = info.layers
+    files: dict[int, str] = {}
+    for extent in extents:
+        if extent.zero or extent.depth in files:
+            if not extent.zero and extent.offset is None:
+                return None
+            continue
+        if extent.offset is None or extent.depth >= len(layers):
+            return None
+        host = _raw_mapped_file(layers[extent.depth])
+        if host is None:
+            return None
+        files[extent.depth] = host
+    return files
+
+
+def _raw_mapped_file(layer: ImageInfo) -> str | None:
+    """The file that map offsets of this layer point into, when it is certain."""
+    if layer.encrypted:
+        return None
+    name: str | None = None
+    if layer.format in ("raw", "vdi", "vpc") or (layer.format == "qcow2" and not layer.data_file):
+        name = layer.filename
+    elif layer.format == "vmdk" and len(layer.extents) == 1 and not layer.extents[0].compressed:
+        name = layer.extents[0].filename
+    if name is None or not qemu_img.is_absolute_file(name):
+        return None
+    return name

@@ -1,0 +1,686 @@
+"""The disk side of a transfer: image -> (convert) -> hash -> storage writer, and back.
+
+``export_image`` turns a local image into the bytes of one storage object and pushes
+them into a ``Sink`` (``write``/``commit``/``abort``: the storage writers' shape);
+``import_image`` consumes an iterable of byte chunks (the storage readers' shape) into
+a local image. Both compute the transport digest (SHA256 of the object bytes) and the
+content digest (``digest`` module) on the way, report progress as ``(bytes_done,
+bytes_total)`` per stage (``on_stage`` names the stage) and check a cancellation event
+between chunks.
+
+Why conversion happens where it does
+------------------------------------
+qemu-img 7.2 reads and writes only seekable regular files: ``convert`` to
+``/dev/stdout`` fails ("Could not resize file"), a FIFO or ``/dev/stdin`` as input is
+refused ("'file' driver requires ... to be a regular file"), ``qemu-img dd`` to a pipe
+fails the same way. So a format other than raw can never be produced or consumed as a
+stream; the only question is where its seekable file lives.
+
+Export (source image ``S`` on the provider host -> object of format ``T``):
+
+==================  ==========================================  ====================================
+S \\ T              T = raw                                     T = qcow2, vmdk, vdi, vpc, vhdx
+==================  ==========================================  ====================================
+raw                 streamed: the file is read sparse-aware     converted before upload into
+                    (holes become zeros without a read) and     scratch, then the file is streamed
+                    sent; content digest in the same pass;      (T is written with random access).
+                    no scratch.
+qcow2, vmdk, vdi,   converted before upload into a sparse raw   T == S and the image is
+vpc, vhdx           scratch file (scratch <= allocated data),   self-contained (no backing chain,
+                    then streamed as for a raw source.          no internal snapshot, not dirty,
+                                                                one-file vmdk, no change of
+                                                                subformat/compression asked):
+                                                                streamed as is, no scratch.
+                                                                Otherwise converted before upload
+                                                                into scratch (flattens a chain).
+==================  ==========================================  ====================================
+
+Objects are single files: a vmdk object is monolithicSparse (default) or
+streamOptimized, never monolithicFlat. The content digest of an export is computed from
+the source, in a thread running alongside the conversion/upload (raw objects: in the
+same pass as the upload); sources that cannot be read directly (compressed qcow2,
+streamOptimized vmdk, vhdx) are digested from the converted scratch file when that one
+can, else through the digest module's raw-copy fallback.
+
+Import (object of format ``S`` -> destination image of format ``T``):
+
+=========================  =================================================================
+S -> T                     where and why
+=========================  =================================================================
+S == T (no subformat or    streamed straight into the destination (a staging name in its
+compression asked)         directory, renamed at the end); zero blocks become holes; no
+                           scratch. The manager should pick T = the target's native format
+                           so imports take this row.
+raw -> any other T         streamed into a sparse raw scratch file (zero blocks are never
+                           written, content digest in the same pass), converted after the
+                           download (qemu-img cannot read a stream).
+other S -> T != S          the object is downloaded whole into scratch (qemu-img needs
+                           random access to its metadata), verified, checked, then converted
+                           after the download.
+=========================  =================================================================
+
+Every received object is verified against the expected SHA256 before anything else is
+done with it, then refused if it refers to any other file (backing file, external data
+file, a vmdk extent elsewhere: a crafted object could otherwise pull host files into the
+disk) or if ``qemu-img check`` finds corruption. The content digest of the result is
+computed from the written image and compared with the expected one. A failure at any
+point leaves no output file behind, and scratch is removed on every exit path.
+
+Scratch budget: before qemu-img writes a file into scratch, the worst case is reserved
+(export: the source's non-zero ranges rounded up to the target's allocation unit plus
+metadata; import: the object size when known, else growing as it arrives); reservations
+beyond ``scratch_limit`` or the free space are refused with ``OutOfSpace``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+from virtrigaud.errors import (
+    AlreadyExists,
+    Cancelled,
+    ChecksumMismatch,
+    InvalidArgument,
+    NotFound,
+    TransientError,
+)
+
+from . import digest, qemu_img
+from .digest import ContentHasher, DataLayout, TransportHasher
+from .qemu_img import CancelToken, ImageInfo
+from .scratch import MIB, Scratch
+from .sparsefile import SparseWriter, iter_file, os_error
+
+ByteProgress = Callable[[int, int], None]
+StageFn = Callable[[str], None]
+
+STAGE_CONVERTING = "converting"
+STAGE_UPLOADING = "uploading"
+STAGE_DOWNLOADING = "downloading"
+STAGE_VERIFYING = "verifying"
+
+SINGLE_FILE_VMDK = frozenset({"monolithicSparse", "streamOptimized"})
+# Allocation unit of each output format (vhdx: the largest default block size).
+_GRANULE = {
+    "raw": 4096,
+    "qcow2": 64 * 1024,
+    "vmdk": 64 * 1024,
+    "vdi": MIB,
+    "vpc": 2 * MIB,
+    "vhdx": 32 * MIB,
+}
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class Sink(Protocol):
+    """Where an exported object goes (a storage writer has this shape)."""
+
+    def write(self, data: bytes) -> object: ...
+
+    def commit(self) -> object: ...
+
+    def abort(self) -> object: ...
+
+
+@dataclass(frozen=True)
+class ExportOutcome:
+    format: str  # the object's format
+    subformat: str | None  # vmdk create type of the object
+    size: int  # object bytes written to the sink
+    sha256: str  # transport digest
+    content_sha256: str  # content digest of the source
+    virtual_size: int
+    conversion: str  # "none" (source streamed as is), "raw-stream", "scratch"
+    scratch_reserved: int  # peak scratch reservation in bytes
+
+
+@dataclass(frozen=True)
+class ImportOutcome:
+    path: str
+    format: str
+    size: int  # object bytes received
+    sha256: str
+    content_sha256: str  # content digest of the written image
+    virtual_size: int
+    conversion: str  # "none" (streamed into place) or "scratch"
+    scratch_reserved: int
+
+
+@dataclass
+class _Context:
+    progress: ByteProgress | None
+    on_stage: StageFn | None
+    cancel: CancelToken
+
+    def stage(self, name: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(name)
+
+    def report(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)
+
+    def check(self) -> None:
+        if self.cancel.is_set():
+            raise Cancelled("transfer cancelled")
+
+    def convert_progress(self, size: int) -> Callable[[float], None]:
+        return lambda fraction: self.report(int(fraction * size), size)
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_image(
+    src_path: str | os.PathLike[str],
+    src_format: str,
+    target_format: str,
+    sink: Sink,
+    *,
+    subformat: str | None = None,
+    compress: bool = False,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    scratch_limit: int | None = None,
+    progress: ByteProgress | None = None,
+    on_stage: StageFn | None = None,
+    cancel: CancelToken | None = None,
+    force_share: bool = False,
+) -> ExportOutcome:
+    """Write ``src_path`` as one object of ``target_format`` into ``sink``.
+
+    The sink is committed on success and aborted on any failure (cancellation included),
+    except that a sink declaring ``resumable = True`` is left open on a TransientError,
+    so that its owner can detach it and keep the uploaded parts for a resumed export.
+    """
+    _check_object_format(target_format, subformat, compress)
+    qemu_img.validate_format(src_format)
+    ctx = _Context(progress, on_stage, cancel or threading.Event())
+    try:
+        with Scratch(scratch_dir, limit=scratch_limit) as scratch:
+            outcome = _export(
+                qemu_img.safe_path(src_path),
+                src_format,
+                target_format,
+                sink,
+                subformat=subformat,
+                compress=compress,
+                scratch=scratch,
+                ctx=ctx,
+                force_share=force_share,
+            )
+        sink.commit()
+    except BaseException as exc:
+        if not (isinstance(exc, TransientError) and getattr(sink, "resumable", False)):
+            with contextlib.suppress(Exception):
+                sink.abort()
+        if isinstance(exc, OSError):
+            raise os_error(exc) from exc
+        raise
+    return outcome
+
+
+def _export(
+    src: str,
+    src_format: str,
+    target: str,
+    sink: Sink,
+    *,
+    subformat: str | None,
+    compress: bool,
+    scratch: Scratch,
+    ctx: _Context,
+    force_share: bool,
+) -> ExportOutcome:
+    layout = digest.data_layout(src, src_format, force_share=force_share)
+    if target == "raw":
+        return _export_raw(layout, sink, scratch, ctx, force_share)
+    passthrough = _can_pass_through(layout.info, target, subformat, compress)
+    with _Background(ctx.cancel) as background:
+        if passthrough:
+            obj, conversion = src, "none"
+            background.start(_digest_job(layout, scratch, force_share))
+        else:
+            obj, conversion = scratch.file(f"export.{target}"), "scratch"
+            scratch.reserve(_output_bound(layout, target, subformat), f"the {target} copy")
+            if layout.direct:
+                background.start(_digest_job(layout, scratch, force_share))
+            ctx.stage(STAGE_CONVERTING)
+            qemu_img.convert(
+                src,
+                obj,
+                src_format=src_format,
+                dst_format=target,
+                subformat=subformat,
+                compress=compress,
+                progress=ctx.convert_progress(layout.virtual_size),
+                cancel=ctx.cancel,
+                force_share=force_share,
+            )
+            if not layout.direct:
+                converted = digest.data_layout(obj, target)
+                background.start(_digest_job(converted, scratch, False))
+        transport = _upload_file(obj, sink, None, ctx)
+        content = background.result()
+    obj_info = layout.info if passthrough else qemu_img.info(obj, target, backing_chain=False)
+    return ExportOutcome(
+        format=target,
+        subformat=obj_info.create_type,
+        size=transport.size,
+        sha256=transport.hexdigest(),
+        content_sha256=content,
+        virtual_size=layout.virtual_size,
+        conversion=conversion,
+        scratch_reserved=scratch.peak_reserved,
+    )
+
+
+def _export_raw(
+    layout: DataLayout, sink: Sink, scratch: Scratch, ctx: _Context, force_share: bool
+) -> ExportOutcome:
+    raw = layout.path
+    conversion = "raw-stream"
+    if layout.info.format != "raw":
+        raw, conversion = scratch.file("export.raw"), "scratch"
+        scratch.reserve(_output_bound(layout, "raw", None), "the raw copy")
+        ctx.stage(STAGE_CONVERTING)
+        qemu_img.convert(
+            layout.path,
+            raw,
+            src_format=layout.info.format,
+            dst_format="raw",
+            progress=ctx.convert_progress(layout.virtual_size),
+            cancel=ctx.cancel,
+            force_share=force_share,
+        )
+    content = ContentHasher(layout.virtual_size)
+    transport = _upload_file(raw, sink, content, ctx)
+    content.update_zeros(layout.virtual_size - transport.size)  # sector padding, if any
+    return ExportOutcome(
+        format="raw",
+        subformat=None,
+        size=transport.size,
+        sha256=transport.hexdigest(),
+        content_sha256=content.hexdigest(),
+        virtual_size=layout.virtual_size,
+        conversion=conversion,
+        scratch_reserved=scratch.peak_reserved,
+    )
+
+
+def _upload_file(
+    path: str, sink: Sink, content: ContentHasher | None, ctx: _Context
+) -> TransportHasher:
+    ctx.stage(STAGE_UPLOADING)
+    total = os.path.getsize(path)
+    transport = TransportHasher()
+    ctx.report(0, total)
+    for piece in iter_file(path, cancel=ctx.cancel):
+        sink.write(piece.data)
+        transport.update(piece.data)
+        if content is not None:
+            if piece.hole:
+                content.update_zeros(len(piece.data))
+            else:
+                content.update(piece.data)
+        ctx.report(transport.size, total)
+    ctx.check()
+    return transport
+
+
+def _can_pass_through(info: ImageInfo, target: str, subformat: str | None, compress: bool) -> bool:
+    if info.format != target or compress or info.snapshots or info.dirty:
+        return False
+    if not _self_contained(info, info.filename):
+        return False
+    if target == "vmdk":
+        return info.create_type in SINGLE_FILE_VMDK and subformat in (None, info.create_type)
+    return subformat is None
+
+
+def _output_bound(layout: DataLayout, target: str, subformat: str | None) -> int:
+    """Worst-case bytes qemu-img allocates writing ``layout``'s data as ``target``."""
+    size = layout.virtual_size
+    metadata = size // 4096 + 16 * MIB
+    if subformat == "fixed":
+        return size + metadata
+    granule = _GRANULE[target]
+    data = 0
+    for extent in layout.extents:
+        if not extent.zero:
+            start = extent.start // granule * granule
+            end = -(-extent.end // granule) * granule
+            data += end - start
+    return min(data, -(-size // granule) * granule) + metadata
+
+
+def _digest_job(
+    layout: DataLayout, scratch: Scratch, force_share: bool
+) -> Callable[[CancelToken], str]:
+    def job(token: CancelToken) -> str:
+        remaining = None if scratch.limit is None else max(scratch.limit - scratch.reserved, 0)
+        return digest.layout_digest(
+            layout,
+            cancel=token,
+            scratch_dir=scratch.path,
+            scratch_limit=remaining,
+            force_share=force_share,
+        )
+
+    return job
+
+
+class _AnyOf:
+    def __init__(self, *tokens: CancelToken) -> None:
+        self._tokens = tokens
+
+    def is_set(self) -> bool:
+        return any(token.is_set() for token in self._tokens)
+
+
+class _Background:
+    """One function in a thread beside the transfer; stopped if the transfer fails."""
+
+    def __init__(self, cancel: CancelToken) -> None:
+        self._stop = threading.Event()
+        self._token = _AnyOf(cancel, self._stop)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="content-digest")
+        self._future: Future[str] | None = None
+
+    def start(self, job: Callable[[CancelToken], str]) -> None:
+        self._future = self._pool.submit(job, self._token)
+
+    def result(self) -> str:
+        assert self._future is not None, "no background job started"
+        return self._future.result()
+
+    def __enter__(self) -> _Background:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        if exc_type is not None:
+            self._stop.set()
+        self._pool.shutdown(wait=True)
+
+
+# ---------------------------------------------------------------- import
+
+
+def import_image(
+    source: Iterable[bytes],
+    src_format: str,
+    target_format: str,
+    dest_path: str | os.PathLike[str],
+    *,
+    expected_sha256: str,
+    expected_content_sha256: str | None = None,
+    size: int | None = None,
+    subformat: str | None = None,
+    compress: bool = False,
+    scratch_dir: str | os.PathLike[str] | None = None,
+    scratch_limit: int | None = None,
+    progress: ByteProgress | None = None,
+    on_stage: StageFn | None = None,
+    cancel: CancelToken | None = None,
+) -> ImportOutcome:
+    """Write the object streamed by ``source`` as image ``dest_path`` of ``target_format``.
+
+    ``size`` (the object's length, when storage knows it) bounds scratch up front and
+    detects a short or long stream; without it the download stage reports
+    ``(bytes_received, 0)``. ``dest_path`` must not exist. On any failure, nothing is
+    left at ``dest_path`` and scratch is empty. The written files are mode 0600.
+    """
+    qemu_img.validate_format(src_format)
+    qemu_img.validate_format(target_format, subformat)
+    if compress and target_format != "qcow2":
+        raise InvalidArgument("compress applies to a qcow2 target only")
+    _check_hex("expected_sha256", expected_sha256)
+    if expected_content_sha256 is not None:
+        _check_hex("expected_content_sha256", expected_content_sha256)
+    dest = qemu_img.safe_path(dest_path)
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise NotFound(f"destination directory {parent} does not exist")
+    if os.path.lexists(dest):
+        raise AlreadyExists(f"destination {dest} already exists")
+    ctx = _Context(progress, on_stage, cancel or threading.Event())
+    request = _ImportRequest(
+        src_format,
+        target_format,
+        subformat,
+        compress,
+        size,
+        expected_sha256,
+        expected_content_sha256,
+    )
+    try:
+        with Scratch(scratch_dir, limit=scratch_limit) as scratch:
+            outcome = _import_staged(source, request, dest, scratch, ctx)
+    except OSError as exc:
+        raise os_error(exc) from exc
+    finally:
+        close = getattr(source, "close", None)
+        if callable(close):
+            with contextlib.suppress(Exception):
+                close()
+    return outcome
+
+
+def _import_staged(
+    source: Iterable[bytes], req: _ImportRequest, dest: str, scratch: Scratch, ctx: _Context
+) -> ImportOutcome:
+    """Build the image in a staging directory beside ``dest``; publish it when verified."""
+    parent, name = os.path.split(dest)
+    staging = tempfile.mkdtemp(prefix=f".{name}.import-", dir=parent)
+    try:
+        outcome = _import(source, req, os.path.join(staging, name), scratch, ctx)
+        if req.expected_content_sha256 not in (None, outcome.content_sha256):
+            raise ChecksumMismatch(
+                f"content digest of {dest} is {outcome.content_sha256}, "
+                f"expected {req.expected_content_sha256}"
+            )
+        _publish(staging, parent, name)
+        return dataclasses.replace(outcome, path=dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class _ImportRequest:
+    src_format: str
+    target_format: str
+    subformat: str | None
+    compress: bool
+    size: int | None
+    expected_sha256: str
+    expected_content_sha256: str | None
+
+    @property
+    def passthrough(self) -> bool:
+        return (
+            self.src_format == self.target_format and self.subformat is None and not self.compress
+        )
+
+
+def _import(
+    source: Iterable[bytes], req: _ImportRequest, staged: str, scratch: Scratch, ctx: _Context
+) -> ImportOutcome:
+    if req.passthrough:
+        received = staged
+    else:
+        received = scratch.file(f"object.{req.src_format}")
+        if req.size is not None:
+            scratch.reserve(req.size, "the downloaded object")
+    stream_content = ContentHasher() if req.src_format == "raw" else None
+    transport = _receive(
+        source, received, req=req, content=stream_content, scratch=scratch, ctx=ctx
+    )
+    _validate_object(received, req.src_format)
+    conversion = "none"
+    if not req.passthrough:
+        conversion = "scratch"
+        ctx.stage(STAGE_CONVERTING)
+        virtual = qemu_img.info(received, req.src_format, backing_chain=False).virtual_size
+        qemu_img.convert(
+            received,
+            staged,
+            src_format=req.src_format,
+            dst_format=req.target_format,
+            subformat=req.subformat,
+            compress=req.compress,
+            progress=ctx.convert_progress(virtual),
+            cancel=ctx.cancel,
+        )
+        os.unlink(received)
+        scratch.release(req.size or 0)
+        scratch.release_stream()
+    ctx.stage(STAGE_VERIFYING)
+    layout = digest.data_layout(staged, req.target_format)
+    if stream_content is not None:
+        # A raw object is the virtual disk itself; qemu pads its last sector with zeros.
+        stream_content.update_zeros(layout.virtual_size - stream_content.size)
+        from_stream = stream_content.hexdigest()
+    if req.passthrough and stream_content is not None:
+        content = from_stream  # the stream was the disk: nothing to read back
+    else:
+        remaining = None if scratch.limit is None else max(scratch.limit - scratch.reserved, 0)
+        content = digest.layout_digest(
+            layout,
+            progress=ctx.progress,
+            cancel=ctx.cancel,
+            scratch_dir=scratch.path,
+            scratch_limit=remaining,
+        )
+        if stream_content is not None and content != from_stream:
+            raise ChecksumMismatch(
+                f"converted image digest {content} differs from the received data {from_stream}"
+            )
+    return ImportOutcome(
+        path=staged,
+        format=req.target_format,
+        size=transport.size,
+        sha256=transport.hexdigest(),
+        content_sha256=content,
+        virtual_size=layout.virtual_size,
+        conversion=conversion,
+        scratch_reserved=scratch.peak_reserved,
+    )
+
+
+def _receive(
+    source: Iterable[bytes],
+    path: str,
+    *,
+    req: _ImportRequest,
+    content: ContentHasher | None,
+    scratch: Scratch,
+    ctx: _Context,
+) -> TransportHasher:
+    ctx.stage(STAGE_DOWNLOADING)
+    streamed_to_scratch = not req.passthrough and req.size is None
+    writer = SparseWriter(path, on_allocate=scratch.allocate if streamed_to_scratch else None)
+    transport = TransportHasher()
+    total = req.size or 0
+    try:
+        for chunk in _chunks(source, ctx):
+            transport.update(chunk)
+            if req.size is not None and transport.size > req.size:
+                raise ChecksumMismatch(f"object is longer than the expected {req.size} bytes")
+            writer.write(chunk)
+            if content is not None:
+                content.update(chunk)
+            ctx.report(transport.size, total)
+        writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    if req.size is not None and transport.size != req.size:
+        raise ChecksumMismatch(f"object truncated: {transport.size} of {req.size} bytes received")
+    if transport.hexdigest() != req.expected_sha256:
+        raise ChecksumMismatch(
+            f"object SHA256 is {transport.hexdigest()}, expected {req.expected_sha256}"
+        )
+    return transport
+
+
+def _chunks(source: Iterable[bytes], ctx: _Context) -> Iterator[bytes]:
+    for chunk in source:
+        ctx.check()
+        if chunk:
+            yield bytes(chunk)
+    ctx.check()
+
+
+def _validate_object(path: str, fmt: str) -> None:
+    """Refuse an object that refers to other files or that qemu-img finds corrupt."""
+    info = qemu_img.info(path, fmt, backing_chain=False)
+    if not _self_contained(info, path):
+        raise InvalidArgument(
+            f"the {fmt} object refers to other files (backing file, data file or extents "
+            f"outside the object); refused"
+        )
+    if info.encrypted:
+        raise InvalidArgument(f"the {fmt} object is encrypted; refused")
+    if fmt != "raw":
+        result = qemu_img.check(path, fmt)
+        if result.supported and (result.corruptions or result.check_errors):
+            raise InvalidArgument(
+                f"qemu-img check: the {fmt} object has {result.corruptions} corruptions and "
+                f"{result.check_errors} check errors"
+            )
+
+
+def _self_contained(info: ImageInfo, path: str) -> bool:
+    if info.backing_filename or info.backing_chain or info.data_file:
+        return False
+    return all(os.path.abspath(extent.filename) == path for extent in info.extents)
+
+
+def _publish(staging: str, parent: str, main: str) -> None:
+    """Move the staged files into ``parent``; the image itself (``main``) goes last,
+    after any extent files it refers to."""
+    names = sorted(os.listdir(staging), key=lambda n: (n == main, n))
+    clashes = [n for n in names if os.path.lexists(os.path.join(parent, n))]
+    if clashes:
+        raise AlreadyExists(f"destination files already exist: {', '.join(clashes)}")
+    moved: list[str] = []
+    try:
+        for name in names:
+            os.chmod(os.path.join(staging, name), 0o600)  # guest data: owner only
+            os.rename(os.path.join(staging, name), os.path.join(parent, name))
+            moved.append(os.path.join(parent, name))
+    except BaseException:
+        for path in moved:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        raise
+    fd = os.open(parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_object_format(target: str, subformat: str | None, compress: bool) -> None:
+    qemu_img.validate_format(target, subformat)
+    if target == "vmdk" and subformat is not None and subformat not in SINGLE_FILE_VMDK:
+        raise InvalidArgument(
+            f"a storage object is one file: vmdk subformat {subformat} writes several; "
+            f"use one of {sorted(SINGLE_FILE_VMDK)}"
+        )
+    if compress and target != "qcow2":
+        raise InvalidArgument("compress applies to qcow2 objects only")
+
+
+def _check_hex(name: str, value: str) -> None:
+    if not isinstance(value, str) or not _HEX64.match(value):
+        raise InvalidArgument(f"{name} must be 64 lowercase hexadecimal characters")

@@ -1,0 +1,182 @@
+"""Sparse-aware file I/O: read a file without reading its holes, write one that keeps them.
+
+Reading uses ``SEEK_DATA``/``SEEK_HOLE``: a hole is produced as zeros without a read
+system call (and reported as a hole so hashers can skip hashing it). Writing creates a
+new file and leaves every all-zero piece unwritten, then sets the final length, so a
+stream with long zero runs costs only its data in disk space. Filesystems without
+``SEEK_DATA`` simply report the whole file as data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from virtrigaud.errors import (
+    Cancelled,
+    InternalError,
+    NotFound,
+    OutOfSpace,
+    PermissionDenied,
+    VirtrigaudError,
+)
+
+from .qemu_img import CancelToken
+
+IO_BLOCK = 1024 * 1024
+ZERO_BLOCK = 64 * 1024  # granularity at which the writer looks for zeros
+_ZEROS_IO = bytes(IO_BLOCK)
+_ZEROS_BLOCK = bytes(ZERO_BLOCK)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of file bytes in order; ``hole`` pieces are zeros that were never read."""
+
+    data: bytes
+    hole: bool
+
+
+def segments(fd: int, size: int) -> Iterator[tuple[int, int, bool]]:
+    """``(start, end, is_data)`` runs covering ``[0, size)`` of an open file."""
+    pos = 0
+    while pos < size:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole is left
+                yield pos, size, False
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # no SEEK_DATA here
+                yield pos, size, True
+                return
+            raise
+        if data > pos:
+            yield pos, min(data, size), False
+        if data >= size:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        yield data, hole, True
+        pos = hole
+
+
+def iter_file(
+    path: str,
+    *,
+    block: int = IO_BLOCK,
+    cancel: CancelToken | None = None,
+) -> Iterator[Piece]:
+    """Every byte of ``path`` in order, in pieces of at most ``block`` bytes."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        size = os.fstat(fd).st_size
+        for start, end, is_data in segments(fd, size):
+            pos = start
+            while pos < end:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled while reading " + path)
+                n = min(block, end - pos)
+                if is_data:
+                    chunk = os.pread(fd, n, pos)
+                    if not chunk:
+                        raise InternalError(f"{path} shrank while being read")
+                    yield Piece(chunk, False)
+                    pos += len(chunk)
+                else:
+                    yield Piece(_ZEROS_IO[:n] if n < IO_BLOCK else _ZEROS_IO, True)
+                    pos += n
+    finally:
+        os.close(fd)
+
+
+def is_zero(data: bytes) -> bool:
+    """All zero bytes (a memcmp against a zero block, far cheaper than hashing)."""
+    view = memoryview(data)
+    for i in range(0, len(view), IO_BLOCK):
+        part = bytes(view[i : i + IO_BLOCK])
+        if part != _ZEROS_IO[: len(part)]:
+            return False
+    return True
+
+
+class SparseWriter:
+    """Sequential writer of a new file; all-zero pieces become holes.
+
+    ``on_allocate(n)`` is told about every byte actually written, so a caller can keep
+    the file within a scratch budget (and stop it by raising).
+    """
+
+    def __init__(self, path: str, *, on_allocate: Callable[[int], None] | None = None) -> None:
+        self.path = path
+        self.size = 0
+        self.allocated = 0
+        self._on_allocate = on_allocate
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        self._fd: int | None = os.open(path, flags, 0o600)
+
+    def write(self, data: bytes) -> None:
+        run_start = -1
+        pos = 0
+        while pos < len(data):
+            n = min(len(data) - pos, ZERO_BLOCK - (self.size + pos) % ZERO_BLOCK)
+            if data[pos : pos + n] == _ZEROS_BLOCK[:n]:
+                if run_start >= 0:
+                    self._pwrite(data[run_start:pos], self.size + run_start)
+                    run_start = -1
+            elif run_start < 0:
+                run_start = pos
+            pos += n
+        if run_start >= 0:
+            self._pwrite(data[run_start:], self.size + run_start)
+        self.size += len(data)
+
+    def close(self) -> None:
+        """Set the final length (trailing holes included) and flush to disk."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, self.size)
+            os.fsync(fd)
+        except OSError as exc:
+            raise os_error(exc, self.path) from exc
+        finally:
+            os.close(fd)
+
+    def abort(self) -> None:
+        """Close and remove the file."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _pwrite(self, data: bytes, offset: int) -> None:
+        assert self._fd is not None, "write after close"
+        if self._on_allocate is not None:
+            self._on_allocate(len(data))
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.pwrite(self._fd, view, offset)
+            except OSError as exc:
+                raise os_error(exc, self.path) from exc
+            view = view[written:]
+            offset += written
+        self.allocated += len(data)
+
+
+def os_error(exc: OSError, path: str | None = None) -> VirtrigaudError:
+    """The one translation of local file-system errors into virtrigaud errors."""
+    where = path or exc.filename or "a local file"
+    detail = f"{where}: {exc.strerror or exc}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return OutOfSpace(f"no space left: {detail}")
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return PermissionDenied(detail)
+    if exc.errno == errno.ENOENT:
+        return NotFound(detail)
+    return InternalError(detail)
