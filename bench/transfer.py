@@ -1,0 +1,225 @@
+"""Benchmark: our export/import pipeline vs the naive tool chain, against SeaweedFS S3.
+
+    .venv/bin/python bench/transfer.py [--virtual-gib 2] [--data-percent 50] [--reps 3]
+
+Builds a qcow2 source of ``--virtual-gib`` GiB virtual size with ``--data-percent`` %
+of it allocated (incompressible data in alternating 1 MiB runs), starts a local
+SeaweedFS, and measures in the same run, alternating the variants each repetition:
+
+  export  ours : providers.common.pipeline.export_image -> storage S3 writer
+          naive: `qemu-img convert` to a temp file, then boto3 `upload_file`
+  import  ours : storage S3 reader -> providers.common.pipeline.import_image
+          naive: boto3 `download_file` to a temp file, then `qemu-img convert`
+
+Each measurement runs in its own subprocess so that peak RSS is its own: "py RSS" is
+the Python process (ru_maxrss of self), "tool RSS" the largest child (qemu-img).
+"wire" is the object payload sent to / read from S3 (HTTP framing excluded); "scratch"
+is the disk space used for temporary files (allocated blocks for the naive temp file,
+the pipeline's peak scratch reservation for ours). Medians of ``--reps`` runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+MiB = 1 << 20
+BUCKET = "bench"
+
+
+def _rss() -> tuple[int, int]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return own, child
+
+
+def _backend(cfg: dict[str, Any]) -> Any:
+    from storage import open_backend
+
+    return open_backend(
+        "s3",
+        {"type": "s3", "bucket": BUCKET, "endpoint": cfg["endpoint"]},
+        cfg["credentials"],
+        allowed_hosts=["127.0.0.1"],
+    )
+
+
+def _boto(cfg: dict[str, Any]) -> Any:
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg["endpoint"],
+        aws_access_key_id=cfg["credentials"]["accessKey"],
+        aws_secret_access_key=cfg["credentials"]["secretKey"],
+        region_name="us-east-1",
+    )
+
+
+def _allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (runs inside its own subprocess)."""
+    from providers.common import pipeline
+
+    variant, fmt, work = cfg["variant"], cfg["format"], Path(cfg["work"])
+    key = f"{cfg['key']}.{fmt}"
+    started = time.monotonic()
+    if variant == "ours-export":
+        backend = _backend(cfg)
+        with backend.open_writer(key) as writer:
+            out = pipeline.export_image(cfg["source"], "qcow2", fmt, writer, scratch_dir=work)
+        wire, scratch = out.size, out.scratch_reserved
+    elif variant == "naive-export":
+        tmp = work / f"naive.{fmt}"
+        subprocess.run(["qemu-img", "convert", "-O", fmt, cfg["source"], str(tmp)], check=True)
+        scratch = _allocated(tmp)
+        _boto(cfg).upload_file(str(tmp), BUCKET, key)
+        wire = tmp.stat().st_size
+        tmp.unlink()
+    elif variant == "ours-import":
+        backend = _backend(cfg)
+        info = backend.stat(key)
+        dest = work / "ours-imported.qcow2"
+        reader = backend.open_reader(key, expected_sha256=cfg["sha256"], expected_size=info.size)
+        out_i = pipeline.import_image(
+            reader,
+            fmt,
+            "qcow2",
+            dest,
+            expected_sha256=cfg["sha256"],
+            size=info.size,
+            scratch_dir=work,
+        )
+        wire = info.size
+        scratch = getattr(out_i, "scratch_reserved", 0)
+        dest.unlink()
+    elif variant == "naive-import":
+        tmp = work / f"naive-download.{fmt}"
+        dest = work / "naive-imported.qcow2"
+        _boto(cfg).download_file(BUCKET, key, str(tmp))
+        wire = tmp.stat().st_size
+        scratch = _allocated(tmp)
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp), str(dest)], check=True)
+        tmp.unlink()
+        dest.unlink()
+    else:
+        raise SystemExit(f"unknown variant {variant}")
+    wall = time.monotonic() - started
+    own, child = _rss()
+    return {"wall": wall, "wire": wire, "scratch": scratch, "py_rss": own, "tool_rss": child}
+
+
+def _measure(cfg: dict[str, Any]) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--variant-json", json.dumps(cfg)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=REPO,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"{cfg['variant']} failed:\n{done.stderr[-3000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _make_source(path: Path, virtual_gib: int, data_percent: int) -> int:
+    raw = path.with_suffix(".raw")
+    size = virtual_gib << 30
+    block = MiB
+    blocks = size // block
+    period = max(1, round(100 / data_percent)) if data_percent else 0
+    written = 0
+    with raw.open("wb") as f:
+        f.truncate(size)
+        if period:
+            for i in range(0, blocks, period):
+                f.seek(i * block)
+                f.write(os.urandom(block))
+                written += block
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(path)], check=True)
+    raw.unlink()
+    return written
+
+
+def _fmt_row(name: str, ours: dict[str, float], naive: dict[str, float]) -> str:
+    rate = lambda r: r["wire"] / MiB / r["wall"]  # noqa: E731
+    return (
+        f"{name:<7} | {ours['wall']:7.2f}s {rate(ours):8.1f} MiB/s | "
+        f"{naive['wall']:7.2f}s {rate(naive):8.1f} MiB/s | {naive['wall'] / ours['wall']:5.2f}x | "
+        f"py RSS {ours['py_rss'] / MiB:6.0f}/{naive['py_rss'] / MiB:6.0f} MiB | "
+        f"tool RSS {ours['tool_rss'] / MiB:5.0f}/{naive['tool_rss'] / MiB:5.0f} MiB | "
+        f"scratch {ours['scratch'] / MiB:7.0f}/{naive['scratch'] / MiB:7.0f} MiB | "
+        f"wire {ours['wire'] / MiB:7.0f}/{naive['wire'] / MiB:7.0f} MiB"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--virtual-gib", type=int, default=2)
+    parser.add_argument("--data-percent", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--format", default="vmdk", help="object format (export target)")
+    parser.add_argument("--variant-json", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.variant_json:
+        print(json.dumps(run_variant(json.loads(args.variant_json))))
+        return
+
+    from tests.servers.seaweedfs import start_seaweedfs
+
+    with tempfile.TemporaryDirectory(prefix="vr-bench-") as tmp, start_seaweedfs() as s3:
+        work = Path(tmp)
+        s3.create_bucket(BUCKET)
+        source = work / "source.qcow2"
+        data = _make_source(source, args.virtual_gib, args.data_percent)
+        print(
+            f"source: {args.virtual_gib} GiB virtual qcow2, {data / MiB:.0f} MiB allocated; "
+            f"object format {args.format}; {args.reps} reps; medians; ours/naive"
+        )
+        base = {
+            "endpoint": s3.endpoint,
+            "credentials": s3.credentials(),
+            "format": args.format,
+            "source": str(source),
+            "work": str(work),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for rep in range(args.reps):
+            order = ["ours", "naive"] if rep % 2 == 0 else ["naive", "ours"]
+            for who in order:
+                key = f"{who}-{rep}"
+                exp = _measure({**base, "variant": f"{who}-export", "key": key})
+                runs.setdefault(f"{who}-export", []).append(exp)
+                # Our writer stores the transport digest with the object; the naive
+                # import does not verify anything (that is part of being naive).
+                sha = _backend(base).stat(f"{key}.{args.format}").sha256 or ""
+                imp = _measure({**base, "variant": f"{who}-import", "key": key, "sha256": sha})
+                runs.setdefault(f"{who}-import", []).append(imp)
+        med = {
+            name: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            for name, rows in runs.items()
+        }
+        print("dir     |          ours           |          naive          | speed | ...")
+        print(_fmt_row("export", med["ours-export"], med["naive-export"]))
+        print(_fmt_row("import", med["ours-import"], med["naive-import"]))
+        print(f"wire/allocated (ours export): {med['ours-export']['wire'] / data:.3f}")
+
+
+if __name__ == "__main__":
+    main()
