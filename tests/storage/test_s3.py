@@ -1,0 +1,187 @@
+"""S3 specifics against SeaweedFS: multipart, digests, memory bound, aborts, errors."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from storage import BackendOptions
+from storage.s3 import S3Backend, S3Reader
+from storage.s3_multipart import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, PartSchedule, S3Writer
+from tests.servers.faultproxy import FaultProxy
+from tests.servers.seaweedfs import SeaweedFS
+from tests.storage.conftest import FAST_RETRY, LOOPBACK, OPTIONS
+from tests.storage.streams import MiB, dense, drain, prefix_of, pump
+from virtrigaud.errors import AuthenticationError, Conflict, InvalidArgument, NotFound
+
+KEY = "virtrigaud/ns/vm-12345678/vda.qcow2"
+
+
+def make_backend(seaweed: SeaweedFS, bucket: str, **overrides: Any) -> S3Backend:
+    params: dict[str, Any] = {
+        "endpoint": seaweed.endpoint,
+        "credentials": seaweed.credentials(),
+        "options": OPTIONS,
+        "allowed_hosts": LOOPBACK,
+    }
+    params.update(overrides)
+    return S3Backend(bucket, "exports", **params)
+
+
+def test_part_schedule_reaches_five_tib_without_oversized_parts() -> None:
+    schedule = PartSchedule(8 * MiB)
+    sizes = [schedule.size(n) for n in range(1, MAX_PARTS + 1)]
+    assert sum(sizes) >= MAX_OBJECT_SIZE
+    assert sizes == sorted(sizes)
+    assert max(sizes) <= MAX_PART_SIZE and min(sizes) == 8 * MiB
+    assert schedule.size(1000) == 8 * MiB and schedule.size(1001) == 16 * MiB
+    with pytest.raises(InvalidArgument):
+        PartSchedule(4 * MiB)  # below S3's minimum part size
+    with pytest.raises(InvalidArgument, match="5 TiB"):
+        PartSchedule(5 * MiB)  # doubling every 1000 parts would stop short of 5 TiB
+
+
+def test_small_object_is_one_put_with_metadata(seaweed: SeaweedFS, s3_backend: S3Backend) -> None:
+    data = b"tiny disk"
+    with s3_backend.open_writer(KEY) as writer:
+        writer.write(data)
+        info = writer.commit()
+    head = seaweed.client().head_object(Bucket=s3_backend.bucket, Key=f"exports/{KEY}")
+    assert head["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest() == info.sha256
+    assert list(s3_backend.incomplete_uploads()) == []
+
+
+def test_multipart_digest_stored_as_tag(seaweed: SeaweedFS, s3_backend: S3Backend) -> None:
+    with s3_backend.open_writer(KEY) as writer:
+        sha, size = pump(writer, dense(20 * MiB + 1, seed=20))
+        writer.commit()
+    tags = seaweed.client().get_object_tagging(Bucket=s3_backend.bucket, Key=f"exports/{KEY}")
+    assert {t["Key"]: t["Value"] for t in tags["TagSet"]} == {"sha256": sha}
+    assert s3_backend.stat(KEY).sha256 == sha
+    assert drain(s3_backend.open_reader(KEY)) == (sha, size)
+
+
+def test_memory_budget_limits_buffers(seaweed: SeaweedFS, bucket: str) -> None:
+    options = BackendOptions(
+        part_size=8 * MiB, workers=4, max_buffer_bytes=16 * MiB, retry=FAST_RETRY
+    )
+    backend = make_backend(seaweed, bucket, options=options)
+    with backend.open_writer(KEY) as writer:
+        sha, _ = pump(writer, dense(60 * MiB, seed=21))
+        writer.commit()
+    assert isinstance(writer, S3Writer)
+    assert writer.peak_buffer_bytes == 16 * MiB  # two parts in flight, never more
+    assert writer.parts_uploaded == 8
+    assert backend.stat(KEY).sha256 == sha
+
+
+def test_abort_leaves_no_incomplete_upload(seaweed: SeaweedFS, s3_backend: S3Backend) -> None:
+    writer = s3_backend.open_writer(KEY)
+    pump(writer, dense(30 * MiB, seed=22))
+    assert len(list(s3_backend.incomplete_uploads())) == 1
+    writer.abort()
+    assert list(s3_backend.incomplete_uploads()) == []
+    with pytest.raises(NotFound):
+        s3_backend.stat(KEY)
+    # An exception inside the with block aborts too.
+    with pytest.raises(KeyError), s3_backend.open_writer(KEY) as failing:
+        pump(failing, dense(20 * MiB, seed=23))
+        raise KeyError("producer failed")
+    assert list(s3_backend.incomplete_uploads()) == []
+    raw = seaweed.client().list_multipart_uploads(Bucket=s3_backend.bucket)
+    assert raw.get("Uploads", []) == []
+
+
+def test_abort_incomplete_cleans_detached_uploads(s3_backend: S3Backend) -> None:
+    for name in ("a.raw", "b.raw"):
+        writer = s3_backend.open_writer(f"virtrigaud/ns/vm-1/{name}")
+        pump(writer, dense(9 * MiB, seed=24))
+        assert writer.detach() is not None
+    assert s3_backend.abort_incomplete("virtrigaud/ns/", older_than=3600) == 0  # too young
+    assert s3_backend.abort_incomplete("virtrigaud/other/") == 0
+    assert s3_backend.abort_incomplete("virtrigaud/ns/") == 2
+    assert list(s3_backend.incomplete_uploads()) == []
+
+
+def test_wrong_secret_is_authentication_error_without_the_secret(
+    seaweed: SeaweedFS, bucket: str
+) -> None:
+    wrong = "Wr0ngSecretValue-" + "x" * 20
+    backend = make_backend(
+        seaweed, bucket, credentials={**seaweed.credentials(), "secretKey": wrong}
+    )
+    for call in (
+        lambda: backend.stat(KEY),
+        lambda: backend.open_reader(KEY),
+        lambda: list(backend.list("")),
+        lambda: _write(backend, b"small"),
+        lambda: _write(backend, b"".join(dense(9 * MiB, seed=25))),
+    ):
+        with pytest.raises(AuthenticationError) as caught:
+            call()
+        text = str(caught.value)
+        assert "SignatureDoesNotMatch" in text and "secretKey" in text
+        assert wrong not in text and seaweed.secret_key not in text
+
+
+def test_unknown_access_key(seaweed: SeaweedFS, bucket: str) -> None:
+    backend = make_backend(
+        seaweed, bucket, credentials={**seaweed.credentials(), "accessKey": "NOSUCHKEY"}
+    )
+    with pytest.raises(AuthenticationError, match="InvalidAccessKeyId"):
+        _write(backend, b"x")
+
+
+def test_missing_bucket_is_not_found_naming_it(seaweed: SeaweedFS) -> None:
+    backend = make_backend(seaweed, "no-such-bucket-here")
+    for call in (
+        lambda: backend.stat(KEY),
+        lambda: _write(backend, b"small"),
+        lambda: _write(backend, b"".join(dense(9 * MiB, seed=26))),
+        lambda: list(backend.list("")),
+    ):
+        with pytest.raises(NotFound, match="no-such-bucket-here"):
+            call()
+
+
+def test_missing_key_is_not_found(s3_backend: S3Backend) -> None:
+    with pytest.raises(NotFound, match=r"vda\.qcow2"):
+        s3_backend.stat(KEY)
+
+
+def test_broken_download_resumes_with_range(seaweed: SeaweedFS, s3_backend: S3Backend) -> None:
+    with s3_backend.open_writer(KEY) as writer:
+        sha, size = pump(writer, dense(24 * MiB, seed=27))
+        writer.commit()
+    with FaultProxy(seaweed.s3_port, cut_after=5 * MiB) as proxy:
+        backend = make_backend(seaweed, s3_backend.bucket, endpoint=proxy.url)
+        reader = backend.open_reader(KEY)
+        assert isinstance(reader, S3Reader)
+        assert drain(reader) == (sha, size)
+        assert reader.verified
+        assert proxy.cut_count == 1 and reader.resumes == 1
+        gets = [r for r in proxy.requests if r.startswith(b"GET")]
+        ranged = [r for r in gets if b"range: bytes=" in r.lower()]
+        assert len(ranged) == 1 and b"if-match:" in ranged[0].lower()
+        offset = int(ranged[0].lower().split(b"range: bytes=")[1].split(b"-")[0])
+        assert 0 < offset <= 5 * MiB
+
+
+def test_reader_is_pinned_to_the_object_it_stated(s3_backend: S3Backend) -> None:
+    with s3_backend.open_writer(KEY) as writer:
+        pump(writer, dense(12 * MiB, seed=28))
+        writer.commit()
+    reader = s3_backend.open_reader(KEY)
+    with s3_backend.open_writer(KEY) as writer:  # replaced before the reader's first GET
+        pump(writer, dense(13 * MiB, seed=29))
+        writer.commit()
+    with pytest.raises(Conflict, match="changed"):
+        drain(reader)
+
+
+def _write(backend: S3Backend, data: bytes) -> None:
+    with backend.open_writer(KEY) as writer:
+        pump(writer, prefix_of([data], len(data)))
+        writer.commit()
