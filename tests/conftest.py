@@ -10,8 +10,24 @@ import pytest
 from manager.providerclient import ProviderClient, RetryPolicy
 from providers.runtime import server as runtime_server
 from tests.fakes.memory_provider import MemoryProvider
+from tests.servers.nginx import NginxDav, start_nginx_dav
+from tests.servers.seaweedfs import SeaweedFS, start_seaweedfs
 
 MiB = 1 << 20
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One real S3 server (SeaweedFS) for the whole session."""
+    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxDav]:
+    """One real nginx WebDAV server (bearer, basic and open locations) for the session."""
+    with start_nginx_dav(tmp_path_factory.mktemp("nginx")) as server:
+        yield server
 
 
 @pytest.fixture

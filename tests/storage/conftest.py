@@ -1,4 +1,4 @@
-"""Session-scoped real servers (SeaweedFS, nginx WebDAV) and backends bound to them.
+"""Backends bound to the session servers (SeaweedFS, nginx WebDAV: see tests/conftest.py).
 
 Every test gets its own bucket (S3), its own base path (HTTP) or directory (NFS), so
 tests never see each other's objects while sharing one server process per session.
@@ -18,8 +18,8 @@ from storage.http import HTTPBackend
 from storage.netguard import AllowList
 from storage.nfs import NFSBackend
 from storage.s3 import S3Backend
-from tests.servers.nginx import NginxDav, start_nginx_dav
-from tests.servers.seaweedfs import SeaweedFS, start_seaweedfs
+from tests.servers.nginx import NginxDav
+from tests.servers.seaweedfs import SeaweedFS
 from tests.storage.streams import MiB
 
 # Tests talk to loopback servers, which the SSRF guard refuses unless allowed.
@@ -30,18 +30,6 @@ OPTIONS = BackendOptions(
 )
 
 Tamper = Callable[[str, Callable[[bytes], bytes]], None]
-
-
-@pytest.fixture(scope="session")
-def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
-    with start_seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
-        yield server
-
-
-@pytest.fixture(scope="session")
-def nginx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NginxDav]:
-    with start_nginx_dav(tmp_path_factory.mktemp("nginx")) as server:
-        yield server
 
 
 def unique(prefix: str) -> str:
