@@ -13,7 +13,9 @@ from providers.runtime.driver import ProviderConfig, ProviderDriver
 from virtrigaud import errors
 
 # type -> "module:factory"; factory(ProviderConfig) -> ProviderDriver
-PROVIDER_TYPES: dict[str, str] = {}
+PROVIDER_TYPES: dict[str, str] = {
+    "libvirt": "providers.libvirt.driver:create",
+}
 
 
 def available_types() -> list[str]:
