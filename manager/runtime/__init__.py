@@ -1,0 +1,1 @@
+"""The controller runtime: work queue, workers, requeue, the reconcile contract."""
