@@ -28,6 +28,7 @@ so the reconcilers behave the same in both homes:
 from __future__ import annotations
 
 import abc
+import builtins
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -89,7 +90,7 @@ class ObjectStore(abc.ABC):
         kind: str,
         namespace: str | None = None,
         labels: dict[str, str] | None = None,
-    ) -> list[Obj]:
+    ) -> builtins.list[Obj]:
         """Objects of a kind (all namespaces when None), filtered by equality labels."""
 
     @abc.abstractmethod
@@ -117,7 +118,7 @@ class ObjectStore(abc.ABC):
         """Record an event about ``obj``."""
 
     @abc.abstractmethod
-    def events_for(self, kind: str, namespace: str, name: str) -> list[Event]:
+    def events_for(self, kind: str, namespace: str, name: str) -> builtins.list[Event]:
         """Events about an object, oldest first."""
 
     @abc.abstractmethod
