@@ -183,6 +183,9 @@ class ProviderClient:
     def import_disk(self, request: pb.ImportDiskRequest) -> pb.Task:
         return self._call("ImportDisk", self._stub.ImportDisk, request, None)
 
+    def delete_object(self, request: pb.DeleteObjectRequest) -> pb.Task:
+        return self._call("DeleteObject", self._stub.DeleteObject, request, None)
+
     def get_task(self, task_id: str) -> pb.Task:
         return self._call("GetTask", self._stub.GetTask, pb.GetTaskRequest(task_id=task_id), None)
 

@@ -213,3 +213,12 @@ def import_from_storage(
             )
         finally:
             reader.close()
+
+
+def delete_object(location: pb.StorageLocation, allowed_hosts: Iterable[str] = ()) -> None:
+    """Delete the object and abort any unfinished upload of it (idempotent)."""
+    backend, key = open_location(location, allowed_hosts)
+    with backend:
+        backend.delete(key)
+        aborted = backend.abort_incomplete(key)
+    log.info("object_deleted", key=key, aborted_uploads=aborted)

@@ -49,6 +49,9 @@ class ProviderDriver(abc.ABC):
 
     #: the Provider ``spec.type`` this driver serves
     provider_type: str = ""
+    #: storage hosts the SSRF guard lets through (factories copy
+    #: ``ProviderConfig.allowed_storage_hosts`` here)
+    storage_allowed_hosts: tuple[str, ...] = ()
 
     @abc.abstractmethod
     def capabilities(self) -> pb.Capabilities:
@@ -89,6 +92,13 @@ class ProviderDriver(abc.ABC):
 
     def import_disk(self, request: pb.ImportDiskRequest, ctx: TaskContext) -> pb.ImportResult:
         raise errors.Unsupported(f"{self.provider_type}: ImportDisk is not implemented")
+
+    def delete_object(self, request: pb.DeleteObjectRequest, ctx: TaskContext) -> None:
+        """Remove an intermediate object. The default works for every provider that
+        reaches storage through ``providers.common.transfer``."""
+        from providers.common import transfer
+
+        transfer.delete_object(request.location, self.storage_allowed_hosts)
 
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release hypervisor connections (called once at shutdown)."""

@@ -100,5 +100,9 @@ def import_disk(request: pb.ImportDiskRequest) -> None:
             raise errors.InvalidArgument(f"{field}: must be 64 lowercase hex characters")
 
 
+def delete_object(request: pb.DeleteObjectRequest) -> None:
+    _check_location(request.location, "location")
+
+
 def task_id(value: str) -> None:
     _require(value, "task_id")

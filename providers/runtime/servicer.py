@@ -207,6 +207,13 @@ class ProviderServicer(pb_grpc.ProviderServicer):
         )
 
     @rpc
+    def DeleteObject(self, request: pb.DeleteObjectRequest, context: Any) -> Any:
+        checks.delete_object(request)
+        return self._submit(
+            pb.TASK_KIND_DELETE_OBJECT, request, lambda ctx: self.driver.delete_object(request, ctx)
+        )
+
+    @rpc
     def GetTask(self, request: pb.GetTaskRequest, context: Any) -> Any:
         checks.task_id(request.task_id)
         return self.registry.get(request.task_id)

@@ -373,3 +373,20 @@ def test_unknown_tasks_are_not_found(target: ConformanceTarget) -> None:
     for call in (target.client.get_task, target.client.cancel_task):
         with pytest.raises(errors.NotFound):
             call("task-does-not-exist")
+
+
+@contract("ExportDisk", "DeleteObject", "GetTask", "DescribeVM")
+def test_delete_object_removes_an_export_and_is_idempotent(target: ConformanceTarget) -> None:
+    exported = _export(target, _first_disk(target).id, f"del-{uuid.uuid4().hex[:6]}.img")
+    url = exported.export_result.url
+    assert target.object_exists(url)
+    for label in ("first", "again"):
+        _finish(
+            target,
+            target.client.delete_object(
+                pb.DeleteObjectRequest(
+                    operation_id=_op(f"delete-{label}"), location=_stored(target, url)
+                )
+            ),
+        )
+        assert not target.object_exists(url)

@@ -162,6 +162,12 @@ def test_grpcurl_calls_every_method(provider_process: ProviderProcess, tmp_path:
     )
     disk_id = imported["import_result"]["disk_id"]  # type: ignore[index]
     called.add("ImportDisk")
+    copy = tmp_path / "export" / "copy-to-delete.raw"
+    copy.write_bytes(target.read_bytes())
+    location = {"backend": "STORAGE_BACKEND_NFS", "url": f"nfs://{copy}"}
+    wait(call("DeleteObject", {"operationId": "o1", "location": location}))
+    assert not copy.exists()
+    called.add("DeleteObject")
     created = wait(
         call(
             "CreateVM",

@@ -86,6 +86,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_DELETE_SNAPSHOT: _ClassVar[TaskKind]
     TASK_KIND_EXPORT_DISK: _ClassVar[TaskKind]
     TASK_KIND_IMPORT_DISK: _ClassVar[TaskKind]
+    TASK_KIND_DELETE_OBJECT: _ClassVar[TaskKind]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -154,6 +155,7 @@ TASK_KIND_CREATE_SNAPSHOT: TaskKind
 TASK_KIND_DELETE_SNAPSHOT: TaskKind
 TASK_KIND_EXPORT_DISK: TaskKind
 TASK_KIND_IMPORT_DISK: TaskKind
+TASK_KIND_DELETE_OBJECT: TaskKind
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_INVALID_ARGUMENT: ErrorCode
 ERROR_CODE_NOT_FOUND: ErrorCode
@@ -534,6 +536,14 @@ class ImportDiskRequest(_message.Message):
     target_volume_name: str
     expected_content_sha256: str
     def __init__(self, operation_id: _Optional[str] = ..., source: _Optional[_Union[StorageLocation, _Mapping]] = ..., expected_sha256: _Optional[str] = ..., source_format: _Optional[_Union[DiskFormat, str]] = ..., target_format: _Optional[_Union[DiskFormat, str]] = ..., storage_hint: _Optional[str] = ..., target_volume_name: _Optional[str] = ..., expected_content_sha256: _Optional[str] = ...) -> None: ...
+
+class DeleteObjectRequest(_message.Message):
+    __slots__ = ("operation_id", "location")
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    location: StorageLocation
+    def __init__(self, operation_id: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ...) -> None: ...
 
 class ImportResult(_message.Message):
     __slots__ = ("disk_id", "path", "format", "size_bytes", "sha256", "content_sha256")

@@ -89,6 +89,11 @@ class ProviderStub:
                 request_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.ImportDiskRequest.SerializeToString,
                 response_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
                 _registered_method=True)
+        self.DeleteObject = channel.unary_unary(
+                '/virtrigaud.provider.v1.Provider/DeleteObject',
+                request_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteObjectRequest.SerializeToString,
+                response_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/virtrigaud.provider.v1.Provider/GetTask',
                 request_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.GetTaskRequest.SerializeToString,
@@ -187,6 +192,14 @@ class ProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteObject(self, request, context):
+        """Removes an object (and any unfinished upload of it) from intermediate storage.
+        Deleting an object that does not exist succeeds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Current state of a task (NOT_FOUND if unknown, e.g. the provider restarted).
         """
@@ -265,6 +278,11 @@ def add_ProviderServicer_to_server(servicer, server):
             'ImportDisk': grpc.unary_unary_rpc_method_handler(
                     servicer.ImportDisk,
                     request_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.ImportDiskRequest.FromString,
+                    response_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.SerializeToString,
+            ),
+            'DeleteObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteObject,
+                    request_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteObjectRequest.FromString,
                     response_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
@@ -579,6 +597,33 @@ class Provider:
             target,
             '/virtrigaud.provider.v1.Provider/ImportDisk',
             virtrigaud_dot_provider_dot_v1_dot_provider__pb2.ImportDiskRequest.SerializeToString,
+            virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtrigaud.provider.v1.Provider/DeleteObject',
+            virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteObjectRequest.SerializeToString,
             virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
             options,
             channel_credentials,

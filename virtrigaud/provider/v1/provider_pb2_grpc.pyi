@@ -74,6 +74,10 @@ class ProviderStub:
     """Streams one VM disk into intermediate storage. Result: ExportResult."""
     ImportDisk: _grpc.UnaryUnaryMultiCallable[_provider_pb2.ImportDiskRequest, _provider_pb2.Task]
     """Streams a disk from intermediate storage into hypervisor storage. Result: ImportResult."""
+    DeleteObject: _grpc.UnaryUnaryMultiCallable[_provider_pb2.DeleteObjectRequest, _provider_pb2.Task]
+    """Removes an object (and any unfinished upload of it) from intermediate storage.
+    Deleting an object that does not exist succeeds.
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_provider_pb2.GetTaskRequest, _provider_pb2.Task]
     """Current state of a task (NOT_FOUND if unknown, e.g. the provider restarted)."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_provider_pb2.WatchTaskRequest, _provider_pb2.Task]
@@ -110,6 +114,10 @@ class ProviderAsyncStub(ProviderStub):
     """Streams one VM disk into intermediate storage. Result: ExportResult."""
     ImportDisk: _aio.UnaryUnaryMultiCallable[_provider_pb2.ImportDiskRequest, _provider_pb2.Task]  # type: ignore[assignment]
     """Streams a disk from intermediate storage into hypervisor storage. Result: ImportResult."""
+    DeleteObject: _aio.UnaryUnaryMultiCallable[_provider_pb2.DeleteObjectRequest, _provider_pb2.Task]  # type: ignore[assignment]
+    """Removes an object (and any unfinished upload of it) from intermediate storage.
+    Deleting an object that does not exist succeeds.
+    """
     GetTask: _aio.UnaryUnaryMultiCallable[_provider_pb2.GetTaskRequest, _provider_pb2.Task]  # type: ignore[assignment]
     """Current state of a task (NOT_FOUND if unknown, e.g. the provider restarted)."""
     WatchTask: _aio.UnaryStreamMultiCallable[_provider_pb2.WatchTaskRequest, _provider_pb2.Task]  # type: ignore[assignment]
@@ -209,6 +217,16 @@ class ProviderServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_provider_pb2.Task, _abc.Awaitable[_provider_pb2.Task]]:
         """Streams a disk from intermediate storage into hypervisor storage. Result: ImportResult."""
+
+    @_abc_1.abstractmethod
+    def DeleteObject(
+        self,
+        request: _provider_pb2.DeleteObjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.Task, _abc.Awaitable[_provider_pb2.Task]]:
+        """Removes an object (and any unfinished upload of it) from intermediate storage.
+        Deleting an object that does not exist succeeds.
+        """
 
     @_abc_1.abstractmethod
     def GetTask(
