@@ -4,9 +4,11 @@
 set -euo pipefail
 
 PACKAGES=(
-  qemu-utils                 # qemu-img: conversion, info, map, compare
+  qemu-utils                 # qemu-img (convert, info, map, compare), qemu-io
   nginx libnginx-mod-http-dav-ext   # HTTP (WebDAV) intermediate storage in tests
   libvirt-dev pkg-config gcc # to build libvirt-python
+  # a real libvirtd + QEMU for the libvirt provider (tests start the daemons themselves)
+  libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu qemu-system-x86
 )
 
 missing=()
