@@ -21,7 +21,7 @@ number of calls plus one ``XMLDesc`` per domain, whatever the number of disks.
 
 Volume streams (``download_volume``/``upload_volume``) use virStorageVolDownload /
 virStorageVolUpload with sparse streams, so they work on remote hosts and move only
-allocated data; they are what ExportDisk/ImportDisk build on.
+allocated data; they are what ExportDisk/ImportDisk build on (``volfiles``).
 """
 
 from __future__ import annotations
@@ -488,6 +488,16 @@ class LibvirtClient:
             parsed = volxml.parse_pool(pool.XMLDesc(0))
             return PoolRecord(name, parsed.type, parsed.path, bool(pool.isActive()))
 
+    def list_pools(self) -> list[PoolRecord]:
+        """Every storage pool, active or not."""
+        with self.calls("list storage pools"):
+            records = []
+            for pool in self.connection().listAllStoragePools(0):
+                parsed = volxml.parse_pool(pool.XMLDesc(0))
+                active = bool(pool.isActive())
+                records.append(PoolRecord(parsed.name, parsed.type, parsed.path, active))
+            return records
+
     def refresh_pool(self, name: str) -> None:
         with self.calls(f"refresh storage pool {name!r}"):
             self._pool(name).refresh(0)
@@ -646,9 +656,10 @@ class LibvirtClient:
     ) -> volxml.VolumeXml:
         """Create volume ``pool/name`` and fill it from ``chunks`` (bytes or ``Hole``).
 
-        The volume holds exactly the bytes sent; a raw volume shorter than
-        ``capacity`` is then grown to it. On any failure or cancel the stream is
-        aborted and the new volume deleted: no half-written volume remains.
+        The volume holds exactly the bytes sent (holes read as zeros, also where
+        creating a qcow2 volume had written its empty header: those are sent as
+        zeros); a raw volume shorter than ``capacity`` is then grown to it. On any
+        failure or cancel the stream is aborted and the new volume deleted.
         """
         check_safe(name, "volume name")
         with self.calls(f"create volume {pool}/{name}"):
@@ -656,7 +667,8 @@ class LibvirtClient:
             vol = target.createXML(volxml.build_volume(name, capacity, format), 0)
         try:
             with self.calls(f"upload volume {pool}/{name}"):
-                self._send(vol, chunks, cancel, f"{pool}/{name}")
+                written = 0 if format == "raw" else _initial_length(vol)
+                self._send(vol, chunks, cancel, f"{pool}/{name}", written)
                 info = volxml.parse_volume(vol.XMLDesc(0))
                 if format == "raw" and info.capacity < capacity:
                     vol.resize(capacity, 0)
@@ -668,22 +680,35 @@ class LibvirtClient:
         return info
 
     def _send(
-        self, vol: Any, chunks: Iterable[bytes | Hole], cancel: threading.Event | None, what: str
+        self,
+        vol: Any,
+        chunks: Iterable[bytes | Hole],
+        cancel: threading.Event | None,
+        what: str,
+        written: int,
     ) -> None:
+        """Stream ``chunks`` into ``vol`` from offset 0.
+
+        A hole only skips bytes in the file (it is not truncated), so holes over the
+        first ``written`` bytes -- what creating the volume already wrote there, e.g.
+        an empty qcow2's header and tables -- are sent as zeros.
+        """
         stream = self.connection().newStream(0)
         vol.upload(stream, 0, 0, libvirt.VIR_STORAGE_VOL_UPLOAD_SPARSE_STREAM)
+        pos = 0
         try:
             for chunk in chunks:
                 if cancel is not None and cancel.is_set():
                     raise errors.Cancelled(f"upload of {what} cancelled")
                 if isinstance(chunk, Hole):
-                    if chunk.length:
-                        stream.sendHole(chunk.length, 0)
+                    zeros = min(chunk.length, max(written - pos, 0))
+                    _send_bytes(stream, _zero_run(zeros))
+                    if chunk.length > zeros:
+                        stream.sendHole(chunk.length - zeros, 0)
+                    pos += chunk.length
                 else:
-                    view = memoryview(chunk)
-                    while view:
-                        sent = stream.send(bytes(view[:CHUNK]))
-                        view = view[sent:]
+                    _send_bytes(stream, [chunk])
+                    pos += len(chunk)
             stream.finish()
         except BaseException:
             with contextlib.suppress(libvirt.libvirtError):
@@ -692,6 +717,32 @@ class LibvirtClient:
 
 
 _ZEROS = bytes(CHUNK)
+
+
+def _initial_length(vol: Any) -> int:
+    """Bytes a freshly created volume's file already holds (its ``physical`` size).
+
+    Unknown (old daemons): every hole of the upload is then sent as zeros.
+    """
+    try:
+        return int(vol.infoFlags(libvirt.VIR_STORAGE_VOL_GET_PHYSICAL)[2])
+    except (libvirt.libvirtError, AttributeError):
+        return 1 << 62
+
+
+def _zero_run(length: int) -> Iterator[bytes]:
+    while length > 0:
+        step = min(length, CHUNK)
+        yield _ZEROS[:step]
+        length -= step
+
+
+def _send_bytes(stream: Any, pieces: Iterable[bytes]) -> None:
+    for piece in pieces:
+        view = memoryview(piece)
+        while view:
+            sent = stream.send(bytes(view[:CHUNK]))
+            view = view[sent:]
 
 
 def _emit_hole(

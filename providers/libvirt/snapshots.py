@@ -141,6 +141,15 @@ def delete_snapshot(client: LibvirtClient, vm_id: str, snap: str, ctx: TaskConte
 
 def snapshot_disk_source(client: LibvirtClient, vm_id: str, snap: str, disk_id: str) -> str:
     """The file ExportDisk reads for ``disk_id`` at snapshot ``snap`` (a volume path)."""
+    return snapshot_disk(client, vm_id, snap, disk_id)[0]
+
+
+def snapshot_disk(client: LibvirtClient, vm_id: str, snap: str, disk_id: str) -> tuple[str, str]:
+    """(path, format) of the point-in-time image of ``disk_id`` at snapshot ``snap``.
+
+    The format is the disk's ``<driver type>`` in the definition the snapshot
+    recorded ("" when it stated none).
+    """
     parsed = snapxml.parse_snapshot(client.snapshot_xml(vm_id, snap))
     mode = {d.target: d.mode for d in parsed.disks}.get(disk_id)
     if mode is None or parsed.domain is None:
@@ -153,6 +162,6 @@ def snapshot_disk_source(client: LibvirtClient, vm_id: str, snap: str, disk_id: 
     for disk in parsed.domain.disks:
         if disk.target == disk_id:
             if disk.source_type == "volume":
-                return client.volume(disk.pool, disk.volume).path
-            return disk.path
+                return client.volume(disk.pool, disk.volume).path, disk.format
+            return disk.path, disk.format
     raise errors.NotFound(f"disk {disk_id!r} is not part of snapshot {snap!r}")

@@ -31,6 +31,8 @@ class VolumeXml:
     format: str  # qcow2, raw, iso, ... ("" if unknown)
     capacity: int  # guest-visible size in bytes
     allocation: int  # bytes used on the storage
+    physical: int = 0  # length of the file / device (what a volume stream carries); 0 unknown
+    backing_path: str = ""  # the backing file libvirt resolved from the image header
 
 
 def parse_pool(text: str) -> PoolXml:
@@ -45,6 +47,7 @@ def parse_pool(text: str) -> PoolXml:
 def parse_volume(text: str) -> VolumeXml:
     root = parse_xml(text, "volume XML")
     capacity, allocation = root.find("capacity"), root.find("allocation")
+    physical = root.find("physical")
     fmt = root.find("target/format")
     return VolumeXml(
         name=root.findtext("name", ""),
@@ -56,6 +59,8 @@ def parse_volume(text: str) -> VolumeXml:
         allocation=(
             to_bytes(allocation.text, allocation.get("unit")) if allocation is not None else 0
         ),
+        physical=to_bytes(physical.text, physical.get("unit")) if physical is not None else 0,
+        backing_path=root.findtext("backingStore/path", "").strip(),
     )
 
 

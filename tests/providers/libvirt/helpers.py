@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import libvirt
+import libvirt_qemu  # type: ignore[import-untyped]
 
 from manager.providerclient import ProviderClient, raise_for_task
+from providers.libvirt import domxml
 from providers.libvirt.volxml import build_volume
 from tests.servers.libvirtd import LibvirtEnv, remove_domain
 from virtrigaud import errors
@@ -94,6 +96,23 @@ def image_info(path: str) -> str:
         timeout=30,
     )
     return done.stdout
+
+
+def guest_write(dom: Any, target: str, byte: int, offset: int, length: int) -> None:
+    """Write through the running guest's own disk device (HMP qemu-io on the qdev)."""
+    live = domxml.parse_xml(dom.XMLDesc(0), "live XML")
+    alias = next(
+        d.find("alias").get("name")  # type: ignore[union-attr]
+        for d in live.findall("devices/disk")
+        if d.find("target").get("dev") == target  # type: ignore[union-attr]
+    )
+    out = libvirt_qemu.qemuMonitorCommand(
+        dom,
+        f"qemu-io -d /machine/peripheral/{alias}/virtio-backend "
+        f'"write -P {byte:#x} {offset} {length}"',
+        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+    )
+    assert out == "", out
 
 
 class SparseSink:

@@ -407,7 +407,15 @@ def test_capabilities_and_validate(env: LibvirtEnv, lv: Lab, provider: ProviderC
     version = lv.conn.getVersion()
     assert caps.provider_type == "libvirt"
     assert f"QEMU {version // 1_000_000}.{version // 1000 % 1000}" in caps.hypervisor_version
-    assert set(caps.export_formats) == {pb.DISK_FORMAT_QCOW2, pb.DISK_FORMAT_RAW}
+    assert set(caps.export_formats) == {
+        pb.DISK_FORMAT_QCOW2,
+        pb.DISK_FORMAT_RAW,
+        pb.DISK_FORMAT_VMDK,
+        pb.DISK_FORMAT_VDI,
+        pb.DISK_FORMAT_VPC,
+        pb.DISK_FORMAT_VHDX,
+    }
+    assert set(caps.import_formats) == {pb.DISK_FORMAT_QCOW2, pb.DISK_FORMAT_RAW}
     assert caps.native_format == pb.DISK_FORMAT_QCOW2
     assert set(caps.storage_backends) == {
         pb.STORAGE_BACKEND_S3,

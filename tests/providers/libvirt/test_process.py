@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -50,6 +51,9 @@ def test_provider_process_serves_libvirt(env: LibvirtEnv) -> None:
             "domainType=qemu",
         ],
         cwd=REPO,
+        # The venv's editable install maps ``storage`` to a namespace package outside
+        # the repo (its finder predates storage/__init__.py); the repo first fixes it.
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -13,7 +13,6 @@ import xml.etree.ElementTree as ET
 from typing import Any
 
 import libvirt
-import libvirt_qemu  # type: ignore[import-untyped]
 import pytest
 
 from manager.providerclient import ProviderClient
@@ -31,6 +30,7 @@ from tests.providers.libvirt.helpers import (
     domain_xml,
     failure,
     finish,
+    guest_write,
     has_pattern,
     op,
     qemu_io,
@@ -76,23 +76,6 @@ def _inactive_xml(dom: Any) -> str:
 
 def _sources(xml: str) -> list[tuple[str, str, str]]:
     return [(d.target, d.path, d.format) for d in domxml.parse_domain(xml).disks]
-
-
-def _guest_write(dom: Any, target: str, byte: int, offset: int, length: int) -> None:
-    """Write through the running guest's own disk device (HMP qemu-io on the qdev)."""
-    live = domxml.parse_xml(dom.XMLDesc(0), "live XML")
-    alias = next(
-        d.find("alias").get("name")  # type: ignore[union-attr]
-        for d in live.findall("devices/disk")
-        if d.find("target").get("dev") == target  # type: ignore[union-attr]
-    )
-    out = libvirt_qemu.qemuMonitorCommand(
-        dom,
-        f"qemu-io -d /machine/peripheral/{alias}/virtio-backend "
-        f'"write -P {byte:#x} {offset} {length}"',
-        libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
-    )
-    assert out == "", out
 
 
 def _snapshot(provider: ProviderClient, vm_id: str, name: str = "migration") -> str:
@@ -162,7 +145,7 @@ def test_snapshot_gives_a_stable_source_and_delete_restores_the_vm(
 
     # new writes land in the overlay, never in the file an export reads
     if running:
-        _guest_write(dom, "vda", 0xEE, 8 * MiB, 1 * MiB)
+        guest_write(dom, "vda", 0xEE, 8 * MiB, 1 * MiB)
     else:
         qemu_io(overlays["vda"], "qcow2", f"write -P 0xee {8 * MiB} {1 * MiB}")
     assert has_pattern(overlays["vda"], "qcow2", 0xEE, 8 * MiB, 1 * MiB)

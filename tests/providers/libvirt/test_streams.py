@@ -169,3 +169,17 @@ def test_upload_never_leaves_a_half_written_volume(
         with pytest.raises(errors.InvalidArgument):
             lvc.upload_volume(env.pool, hostile, "raw", MiB, [b"x"])
     assert not (env.pool_path.parent / "evil.img").exists()
+
+
+def test_upload_holes_never_keep_what_creating_the_volume_wrote(
+    env: LibvirtEnv, lv: Lab, lvc: LibvirtClient
+) -> None:
+    # Creating a qcow2 volume writes a header and tables; an upload starting with a
+    # hole must still leave zeros there: the volume holds exactly the bytes sent.
+    tail = os.urandom(64 * 1024)
+    name = env.name("holes.qcow2")
+    lv.track_volume(str(env.pool_path / name))
+    vol = lvc.upload_volume(env.pool, name, "qcow2", 16 * MiB, [Hole(1 * MiB), tail])
+    received = bytearray()
+    lvc.download_volume(vol.path, received.extend)
+    assert bytes(received) == bytes(1 * MiB) + tail
