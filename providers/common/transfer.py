@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
 from providers.common import pipeline
-from providers.runtime.tasks import TaskContext
+from providers.runtime.tasks import Progress
 from storage import BackendOptions, open_backend
 from storage.base import Backend
 from storage.keys import validate_key
@@ -138,7 +138,7 @@ def export_to_storage(
     src_path: str | os.PathLike[str],
     src_format: str,
     request: pb.ExportDiskRequest,
-    ctx: TaskContext,
+    ctx: Progress,
     *,
     allowed_hosts: Iterable[str] = (),
     scratch_dir: str | os.PathLike[str] | None = None,
@@ -178,7 +178,7 @@ def import_from_storage(
     request: pb.ImportDiskRequest,
     dest_path: str | os.PathLike[str],
     target_format: str,
-    ctx: TaskContext,
+    ctx: Progress,
     *,
     allowed_hosts: Iterable[str] = (),
     scratch_dir: str | os.PathLike[str] | None = None,

@@ -35,10 +35,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from providers.common import qemu_img, transfer
+from providers.common.progress import StagedContext
 from providers.common.scratch import Scratch
 from providers.libvirt import domxml, snapshots, volfiles, volxml
 from providers.libvirt.client import LibvirtClient
-from providers.libvirt.progress import StagedContext
 from providers.runtime.tasks import TaskContext
 from virtrigaud import errors
 from virtrigaud.logging import get_logger

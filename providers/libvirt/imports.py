@@ -50,11 +50,11 @@ import threading
 from collections.abc import Iterable, Iterator
 
 from providers.common import qemu_img, transfer
+from providers.common.progress import StagedContext
 from providers.common.scratch import MIB, Scratch
 from providers.libvirt import names, placement, volfiles, volxml
 from providers.libvirt.client import LibvirtClient, PoolRecord
 from providers.libvirt.exports import ScratchSettings
-from providers.libvirt.progress import StagedContext
 from providers.runtime.tasks import TaskContext
 from virtrigaud import errors
 from virtrigaud.logging import get_logger

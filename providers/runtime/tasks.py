@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf import message as _message
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -67,6 +67,26 @@ class _Record:
     version: int = 0
     samples: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     finished_at: float | None = None
+
+
+class Progress(Protocol):
+    """What long operations need from their task: progress, stage and cancellation.
+
+    ``TaskContext`` is one; ``providers.common.progress.StagedContext`` is a view of
+    one that adds up several stages. Shared code (transfer, pipeline callers) takes
+    this protocol, not the concrete class.
+    """
+
+    @property
+    def cancel_event(self) -> threading.Event: ...
+
+    def cancelled(self) -> bool: ...
+
+    def check_cancelled(self) -> None: ...
+
+    def set_stage(self, stage: str) -> None: ...
+
+    def progress(self, done: int, total: int | None = None) -> None: ...
 
 
 class TaskContext:

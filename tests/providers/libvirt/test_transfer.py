@@ -26,11 +26,11 @@ import pytest
 
 from manager.providerclient import ProviderClient, RetryPolicy
 from providers.common import digest
+from providers.common.progress import StagedContext
 from providers.libvirt import domxml, imports
 from providers.libvirt.client import LibvirtClient
 from providers.libvirt.driver import LibvirtDriver, create, parse_size
 from providers.libvirt.exports import ScratchSettings
-from providers.libvirt.progress import StagedContext
 from providers.runtime import server as runtime_server
 from providers.runtime.driver import ProviderConfig
 from providers.runtime.tasks import TaskContext, TaskRegistry, TaskResult

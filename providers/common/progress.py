@@ -1,8 +1,9 @@
 """One task's progress across several stages that each count their own bytes.
 
-ExportDisk reads the volume through a libvirt stream and then hands the copy to the
-shared pipeline, which converts and uploads it; ImportDisk downloads (and converts)
-through the pipeline, then writes and verifies the volume. Each stage reports
+A provider's ExportDisk typically reads the disk from its hypervisor (a libvirt stream,
+a datastore download) and then hands the copy to the shared pipeline, which converts
+and uploads it; ImportDisk downloads (and converts) through the pipeline, then writes
+and verifies the hypervisor volume. Each stage reports
 ``(done, total)`` of its own, starting again at 0. ``StagedContext`` turns that into
 one count for the task:
 
@@ -12,31 +13,26 @@ one count for the task:
   it grows as later stages begin and learn their size (the percentage is of the work
   known so far).
 
-It is a ``TaskContext`` (what ``providers.common.transfer`` takes) that delegates
-stage names and cancellation to the task's own context.
+It satisfies ``providers.runtime.tasks.Progress`` (what ``providers.common.transfer``
+takes) and delegates stage names and cancellation to the task's own context.
 """
 
 from __future__ import annotations
 
 import threading
 
-from providers.runtime.tasks import TaskContext
+from providers.runtime.tasks import Progress
 
 
-class StagedContext(TaskContext):
+class StagedContext:
     """A view of ``parent`` whose progress adds up over stages (module docstring)."""
 
-    def __init__(self, parent: TaskContext) -> None:
-        # Deliberately no super().__init__(): every method delegates to ``parent``.
+    def __init__(self, parent: Progress) -> None:
         self._parent = parent
         self._lock = threading.Lock()
         self._base = 0  # bytes of the finished stages
         self._done = 0  # of the current stage
         self._total = 0  # of the current stage (0 = unknown)
-
-    @property
-    def task_id(self) -> str:
-        return self._parent.task_id
 
     @property
     def cancel_event(self) -> threading.Event:
