@@ -285,6 +285,24 @@ def create(
     _run(args)
 
 
+def rebase_unsafe(
+    path: str | os.PathLike[str], format: str, backing: str | os.PathLike[str], backing_format: str
+) -> None:
+    """Point ``path`` at ``backing`` by rewriting its header only (``rebase -u``): no
+    data is read or copied, so the caller vouches that ``backing`` holds the data the
+    old backing file held (e.g. a local copy of it)."""
+    args = [
+        "rebase",
+        "-u",
+        *_format_args("-f", format, required=True),
+        "-b",
+        safe_path(backing),
+        *_format_args("-F", backing_format, required=True),
+        safe_path(path),
+    ]
+    _run(args)
+
+
 def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],

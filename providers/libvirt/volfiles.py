@@ -25,7 +25,6 @@ that outgrows either stops with ``OutOfSpace`` as soon as it does.
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 
@@ -135,7 +134,7 @@ def fetch_image(
         seen.add(vol.path)
         counter.total += stream_length(vol)
         lower = scratch.file(f"layer{depth + 1}.{fmt}")
-        rebase_unsafe(local, header.format, lower, fmt)
+        qemu_img.rebase_unsafe(local, header.format, lower, fmt)
         local = lower
     raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
@@ -173,35 +172,6 @@ def _backing_volume(
             "pool; it cannot be read through a volume stream"
         ) from exc
     return below, backing_format
-
-
-def rebase_unsafe(path: str, fmt: str, backing: str, backing_fmt: str) -> None:
-    """Point the copy ``path`` at the local copy ``backing`` (header rewrite only)."""
-    qemu_img.validate_format(fmt)
-    qemu_img.validate_format(backing_fmt)
-    args = [
-        qemu_img.binary(),
-        "rebase",
-        "-u",
-        "-f",
-        fmt,
-        "-b",
-        qemu_img.safe_path(backing),
-        "-F",
-        backing_fmt,
-        qemu_img.safe_path(path),
-    ]
-    done = subprocess.run(
-        args,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-        env={**os.environ, "LC_ALL": "C"},
-    )
-    if done.returncode != 0:
-        raise errors.InternalError(f"qemu-img rebase of {path}: {done.stderr.strip()[:500]}")
 
 
 def file_chunks(
