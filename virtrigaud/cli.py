@@ -2,6 +2,10 @@
 
 Subcommands:
   provider   run one provider gRPC server (what each provider pod runs)
+  run        one-machine mode: load manifests, start providers, reconcile until done
+  get        list VMMigrations, VirtualMachines or Providers of the embedded store
+  describe   show one object with its disks, conditions and events
+  inventory  list the VMs a provider sees (or print manifests adopting them)
   version    print the version
 """
 
@@ -11,9 +15,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virtrigaud import __version__, errors
 from virtrigaud import logging as vlog
+
+if TYPE_CHECKING:
+    from manager.store.sqlite import SQLiteStore
 
 
 def _provider_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -73,19 +81,122 @@ def _run_provider(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_STORE = Path(".virtrigaud") / "state.db"
+RESOURCE_NAMES = ("vmmigrations", "virtualmachines", "providers")
+RESOURCE_ALIASES = ("vmmigration", "vmm", "virtualmachine", "vm", "vms", "provider")
+
+
+def _store_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store", type=Path, default=DEFAULT_STORE, help=f"state file (default {DEFAULT_STORE})"
+    )
+
+
+def _one_machine_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    run = sub.add_parser("run", help="one-machine mode: reconcile the manifests of -f")
+    run.add_argument("-f", "--filename", required=True, type=Path, help="manifest file or dir")
+    _store_option(run)
+    run.add_argument("--timeout", type=float, help="give up after S seconds (exit 1)")
+    run.add_argument("--log-level", default="warning", help="manager log level (stderr)")
+    get = sub.add_parser("get", help="list objects of the embedded store")
+    get.add_argument("resource", choices=RESOURCE_NAMES + RESOURCE_ALIASES)
+    get.add_argument("-n", "--namespace", default="default")
+    get.add_argument("-A", "--all-namespaces", action="store_true")
+    _store_option(get)
+    describe = sub.add_parser("describe", help="show one object in detail")
+    describe.add_argument("resource", choices=RESOURCE_NAMES + RESOURCE_ALIASES)
+    describe.add_argument("name")
+    describe.add_argument("-n", "--namespace", default="default")
+    _store_option(describe)
+    inventory = sub.add_parser("inventory", help="list the VMs a provider sees")
+    inventory.add_argument("provider", help="Provider name")
+    inventory.add_argument("-n", "--namespace", default="default")
+    inventory.add_argument("-f", "--filename", type=Path, help="manifests with the Provider")
+    _store_option(inventory)
+    inventory.add_argument("-o", "--output", choices=("table", "yaml"), default="table")
+
+
+def _run_one_machine(args: argparse.Namespace) -> int:
+    from manager.onemachine.runner import RunConfig, run
+
+    vlog.configure(args.log_level)
+    return run(RunConfig(path=args.filename, store_path=args.store, timeout=args.timeout))
+
+
+def _open_store(path: Path) -> SQLiteStore:
+    from manager.store.sqlite import SQLiteStore
+
+    if not path.exists():
+        raise errors.NotFound(f"no state store at {path} (run `virtrigaud run -f DIR` first)")
+    return SQLiteStore(path)
+
+
+def _get(args: argparse.Namespace) -> int:
+    from manager.onemachine.views import RESOURCES, get_table
+
+    kind = RESOURCES[args.resource]
+    with _open_store(args.store) as store:
+        found = store.list(kind, None if args.all_namespaces else args.namespace)
+    if not found:
+        where = "" if args.all_namespaces else f" in {args.namespace} namespace"
+        print(f"No resources found{where}.", file=sys.stderr)
+        return 0
+    print(get_table(kind, found, all_namespaces=args.all_namespaces))
+    return 0
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from manager.onemachine.describe import describe
+    from manager.onemachine.views import RESOURCES
+
+    kind = RESOURCES[args.resource]
+    with _open_store(args.store) as store:
+        obj = store.get(kind, args.namespace, args.name)
+        events = store.events_for(kind, args.namespace, args.name)
+    print(describe(obj, events))
+    return 0
+
+
+def _inventory(args: argparse.Namespace) -> int:
+    from manager.onemachine.inventory import InventoryConfig, inventory
+
+    vlog.configure("warning")
+    return inventory(
+        InventoryConfig(
+            provider=args.provider,
+            namespace=args.namespace,
+            out=sys.stdout,
+            path=args.filename,
+            store_path=None if args.filename else args.store,
+            output=args.output,
+        )
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="virtrigaud", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _provider_parser(sub)
+    _one_machine_parsers(sub)
     sub.add_parser("version", help="print the version")
     return parser
+
+
+COMMANDS = {
+    "provider": _run_provider,
+    "run": _run_one_machine,
+    "get": _get,
+    "describe": _describe,
+    "inventory": _inventory,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "provider":
-            return _run_provider(args)
+        command = COMMANDS.get(args.command)
+        if command is not None:
+            return command(args)
         print(f"virtrigaud {__version__}")
         return 0
     except errors.VirtrigaudError as exc:

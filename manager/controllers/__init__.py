@@ -1,0 +1,1 @@
+"""The controllers of the infrastructure kinds: Provider and VirtualMachine."""

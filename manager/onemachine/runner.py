@@ -1,0 +1,225 @@
+"""``virtrigaud run -f DIR``: load manifests, start providers, reconcile until done.
+
+Exit codes: 0 when every VMMigration is Ready (with none: every VirtualMachine; with
+neither: every Provider), 1 when one failed or ``--timeout`` passed, 130 on Ctrl-C /
+SIGTERM (the store keeps every status; running again resumes). Manifest errors are
+raised (``errors.ValidationError`` names the file and field) before the store is
+touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import TextIO
+
+from manager.connections import ProviderConnections
+from manager.onemachine import manifests, wiring
+from manager.onemachine.launcher import ProviderLauncher
+from manager.onemachine.progress import Progress
+from manager.onemachine.views import get_table
+from manager.store.base import Obj, ObjectKey, ObjectStore
+from manager.store.objects import now_text
+from manager.store.sqlite import SQLiteStore
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INTERRUPTED = 130
+TERMINAL_MIGRATION = ("Ready", "Failed")
+TERMINAL_VM = ("Ready", "Failed")
+
+
+@dataclass
+class RunConfig:
+    path: Path
+    store_path: Path
+    timeout: float | None = None
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    tty: bool | None = None
+    poll: float = 0.5
+    with_migrations: bool = True
+
+
+def run(config: RunConfig) -> int:
+    loaded = manifests.read_manifests(config.path)  # validate everything first
+    store = SQLiteStore(config.store_path)
+    try:
+        return _run(config, store, loaded)
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _say(config: RunConfig, text: str) -> None:
+    config.out.write(text + "\n")
+    config.out.flush()
+
+
+def _run(config: RunConfig, store: SQLiteStore, loaded: list[Obj]) -> int:
+    applied = manifests.apply(store, loaded)
+    _say(
+        config,
+        f"applied {len(loaded)} objects from {config.path}: {len(applied.created)} created, "
+        f"{len(applied.updated)} updated, {len(applied.unchanged)} unchanged "
+        f"(store {config.store_path})",
+    )
+    stop = threading.Event()
+    started = now_text()
+    with _stop_on_signals(stop), ProviderLauncher(store, config.store_path.parent) as launcher:
+        launcher.start_all()
+        for key, message in launcher.failed.items():
+            _say(config, f"provider {key.namespace}/{key.name} failed to start: {message}")
+        connections = ProviderConnections()
+        wired = wiring.build(store, connections, with_migrations=config.with_migrations)
+        if not wired.migrations:
+            _say(config, f"note: {wired.note}; VMMigrations are not reconciled in this run")
+        wired.manager.start()
+        try:
+            code = _wait(
+                config,
+                store,
+                stop=stop,
+                failed=launcher.failed,
+                started=started,
+                migrations=wired.migrations,
+            )
+        finally:
+            wired.manager.stop()
+            connections.close()
+    if code == EXIT_INTERRUPTED:
+        _say(config, f"interrupted; state kept in {config.store_path} (run again to resume)")
+    return code
+
+
+def _wait(
+    config: RunConfig,
+    store: ObjectStore,
+    *,
+    stop: threading.Event,
+    failed: dict[ObjectKey, str],
+    started: str,
+    migrations: bool,
+) -> int:
+    tty = config.out.isatty() if config.tty is None else config.tty
+    progress = Progress(config.out, tty)
+    deadline = None if config.timeout is None else time.monotonic() + config.timeout
+    while not stop.is_set():
+        found = store.list("VMMigration") if migrations else []
+        vms = store.list("VirtualMachine")
+        progress.update(found, vms)
+        verdict = settled(store, found, vms, failed, started)
+        if verdict is not None:
+            _summary(config, found or vms)
+            return verdict
+        if deadline is not None and time.monotonic() > deadline:
+            _say(config, f"timed out after {config.timeout:.0f}s")
+            _summary(config, found or vms)
+            return EXIT_FAILED
+        stop.wait(config.poll)
+    return EXIT_INTERRUPTED
+
+
+def _summary(config: RunConfig, objs: Sequence[Obj]) -> None:
+    if objs:
+        _say(config, get_table(objs[0]["kind"], objs, all_namespaces=True))
+
+
+def _current(obj: Obj) -> bool:
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    return observed is None or observed == obj["metadata"].get("generation")
+
+
+def _phase(obj: Obj) -> str:
+    return str((obj.get("status") or {}).get("phase") or "")
+
+
+def _provider_key(vm: Obj) -> ObjectKey:
+    ref = (vm.get("spec") or {}).get("providerRef") or {}
+    namespace = ref.get("namespace") or vm["metadata"].get("namespace") or "default"
+    return ObjectKey("Provider", namespace, str(ref.get("name")))
+
+
+def settled(
+    store: ObjectStore,
+    migrations: Sequence[Obj],
+    vms: Sequence[Obj],
+    failed: dict[ObjectKey, str],
+    started: str,
+) -> int | None:
+    """The exit code once everything is finished, None while work remains: every
+    VMMigration Ready or Failed; with none, every VirtualMachine reconciled (a VM whose
+    Provider failed to start or does not exist counts as failed); with neither, every
+    Provider health-checked since ``started``."""
+    if migrations:
+        return _migrations_settled(migrations)
+    if vms:
+        known = {ObjectKey.of(p) for p in store.list("Provider")}
+        return _vms_settled(vms, failed, known)
+    return _providers_settled(store.list("Provider"), failed, started)
+
+
+def _verdict(ok: bool) -> int:
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _migrations_settled(migrations: Sequence[Obj]) -> int | None:
+    if not all(_phase(m) in TERMINAL_MIGRATION and _current(m) for m in migrations):
+        return None
+    return _verdict(all(_phase(m) == "Ready" for m in migrations))
+
+
+def _vms_settled(
+    vms: Sequence[Obj], failed: dict[ObjectKey, str], known: set[ObjectKey]
+) -> int | None:
+    ok = True
+    for vm in vms:
+        status = vm.get("status") or {}
+        provider = _provider_key(vm)
+        if provider in failed or provider not in known:
+            ok = False  # its provider did not start or does not exist: it cannot progress
+            continue
+        reconciled = status.get("observedGeneration") is not None and _current(vm)
+        if vm["metadata"].get("deletionTimestamp") or not reconciled:
+            return None
+        if _phase(vm) not in TERMINAL_VM:
+            return None
+        ok = ok and _phase(vm) == "Ready"
+    return _verdict(ok)
+
+
+def _providers_settled(
+    providers: Sequence[Obj], failed: dict[ObjectKey, str], started: str
+) -> int | None:
+    ok = True
+    for provider in providers:
+        status = provider.get("status") or {}
+        if ObjectKey.of(provider) in failed:
+            ok = False
+        elif str(status.get("lastHealthCheck") or "") < started:
+            return None
+        else:
+            ok = ok and bool(status.get("ready"))
+    return _verdict(ok)

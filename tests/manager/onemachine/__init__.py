@@ -1,0 +1,1 @@
+"""Tests of manager.onemachine (one-machine mode)."""
