@@ -34,4 +34,7 @@ def create_driver(provider_type: str, config: ProviderConfig) -> ProviderDriver:
     factory: Callable[[ProviderConfig], ProviderDriver] = getattr(
         importlib.import_module(module_name), attr
     )
-    return factory(config)
+    driver = factory(config)
+    # Every driver's storage access (transfer, DeleteObject) uses the same allow-list.
+    driver.storage_allowed_hosts = tuple(config.allowed_storage_hosts)
+    return driver

@@ -170,9 +170,9 @@ def settled(
     started: str,
 ) -> int | None:
     """The exit code once everything is finished, None while work remains: every
-    VMMigration Ready or Failed; with none, every VirtualMachine reconciled (a VM whose
-    Provider failed to start or does not exist counts as failed); with neither, every
-    Provider health-checked since ``started``."""
+    VMMigration Ready (and cleaned up) or Failed; with none, every VirtualMachine
+    reconciled (a VM whose Provider failed to start or does not exist counts as
+    failed); with neither, every Provider health-checked since ``started``."""
     if migrations:
         return _migrations_settled(migrations)
     if vms:
@@ -185,8 +185,21 @@ def _verdict(ok: bool) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _cleanup_settled(migration: Obj) -> bool:
+    """Cleanup runs after Ready: wait for its outcome (done, or given up on) so that a
+    run never exits with intermediate objects or a snapshot still being deleted."""
+    if _phase(migration) != "Ready":
+        return True
+    for cond in (migration.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "CleanedUp":
+            return bool(cond.get("status") == "True" or cond.get("reason") == "CleanupFailed")
+    return False
+
+
 def _migrations_settled(migrations: Sequence[Obj]) -> int | None:
-    if not all(_phase(m) in TERMINAL_MIGRATION and _current(m) for m in migrations):
+    if not all(
+        _phase(m) in TERMINAL_MIGRATION and _current(m) and _cleanup_settled(m) for m in migrations
+    ):
         return None
     return _verdict(all(_phase(m) == "Ready" for m in migrations))
 

@@ -257,11 +257,17 @@ def compare(
     a_format: str | None = None,
     b_format: str | None = None,
     strict: bool = False,
+    force_share: bool = False,
 ) -> bool:
-    """True when both images show the guest the same bytes (exit 0), False on exit 1."""
+    """True when both images show the guest the same bytes (exit 0), False on exit 1.
+
+    ``force_share`` (``-U``) reads images a running VM holds open.
+    """
     args = ["compare", "-q", *_format_args("-f", a_format), *_format_args("-F", b_format)]
     if strict:
         args.append("-s")
+    if force_share:
+        args.append("-U")
     args += [safe_path(a), safe_path(b)]
     return _run(args, ok_codes=(0, 1)).returncode == 0
 

@@ -182,7 +182,7 @@ class LibvirtDriver(ProviderDriver):
         self._image_pool = image_pool
         self._domain_type = domain_type
         self._scratch = scratch or exports.ScratchSettings()
-        self._allowed_hosts = tuple(allowed_storage_hosts)
+        self.storage_allowed_hosts = tuple(allowed_storage_hosts)
         self._importing = imports.InFlight()
         self._facts: lifecycle.HostFacts | None = None
         self._versions: tuple[int, int] | None = None
@@ -301,7 +301,7 @@ class LibvirtDriver(ProviderDriver):
             request,
             ctx,
             scratch=self._scratch,
-            allowed_hosts=self._allowed_hosts,
+            allowed_hosts=self.storage_allowed_hosts,
         )
 
     def import_disk(self, request: pb.ImportDiskRequest, ctx: TaskContext) -> pb.ImportResult:
@@ -312,7 +312,7 @@ class LibvirtDriver(ProviderDriver):
             default_pool=self._default_pool,
             scratch=self._scratch,
             in_flight=self._importing,
-            allowed_hosts=self._allowed_hosts,
+            allowed_hosts=self.storage_allowed_hosts,
         )
 
     def close(self) -> None:

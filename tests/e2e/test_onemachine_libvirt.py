@@ -1,0 +1,328 @@
+"""End to end in one-machine mode: ``virtrigaud run -f DIR`` moves a running two-disk
+libvirt VM to another libvirt pool through real intermediate storage.
+
+Everything is real: libvirtd + QEMU (TCG), the libvirt provider servers started by
+the launcher as child processes, SeaweedFS (S3) or an NFS-style directory, the
+SQLite store, the controllers. The test checks the data itself (qemu-img compare
+and the content digest of every target volume against the source disk), the final
+status fields, the events, and that cleanup left nothing in intermediate storage and
+no snapshot on the source.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from manager.store.sqlite import SQLiteStore
+from providers.common import digest, qemu_img
+from providers.libvirt import domxml, volxml
+from tests.servers.libvirtd import LibvirtEnv, remove_domain, session_env
+from tests.servers.seaweedfs import SeaweedFS
+from virtrigaud import errors
+
+MiB = 1 << 20
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Source:
+    name: str
+    uuid: str
+    disks: list[tuple[str, str]]  # (path, format)
+
+
+@pytest.fixture(scope="module")
+def env(pytestconfig: pytest.Config) -> LibvirtEnv:
+    return session_env(pytestconfig)
+
+
+def _volume(conn: Any, env: LibvirtEnv, name: str, fmt: str, *, size: int, fill: int) -> str:
+    pool = conn.storagePoolLookupByName(env.pool)
+    path = str(pool.createXML(volxml.build_volume(name, size, fmt), 0).path())
+    # Known data at several offsets, holes elsewhere.
+    for index, offset in enumerate((0, size // 3, size - 4 * MiB)):
+        subprocess.run(
+            ["qemu-io", "-f", fmt, "-c", f"write -P {fill + index} {offset} {2 * MiB}", path],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return path
+
+
+@pytest.fixture
+def source(env: LibvirtEnv) -> Iterator[Source]:
+    tag = secrets.token_hex(3)
+    conn = env.connect()
+    disks = [
+        (
+            _volume(
+                conn, env, env.name(f"e2e-{tag}-root.qcow2"), "qcow2", size=96 * MiB, fill=0x31
+            ),
+            "qcow2",
+        ),
+        (
+            _volume(conn, env, env.name(f"e2e-{tag}-data.img"), "raw", size=48 * MiB, fill=0x61),
+            "raw",
+        ),
+    ]
+    plan = domxml.DomainPlan(
+        name=env.name(f"e2e-src-{tag}"),
+        vcpus=1,
+        memory_mib=64,
+        virt_type="qemu",
+        disks=[
+            domxml.DiskPlan(disks[0][0], "qcow2", "virtio", "vda", boot_order=1),
+            domxml.DiskPlan(disks[1][0], "raw", "virtio", "vdb"),
+        ],
+        nics=[domxml.NicPlan("network", env.network, "52:54:00:e2:e0:01")],
+    )
+    dom = conn.defineXML(domxml.build_domain(plan))
+    dom.create()  # the source keeps running during the migration
+    created = Source(plan.name, dom.UUIDString(), disks)
+    yield created
+    for candidate in conn.listAllDomains(0):
+        if candidate.name().startswith(env.prefix):
+            remove_domain(candidate)
+    for pool_name in (env.pool, env.pool2):
+        pool = conn.storagePoolLookupByName(pool_name)
+        pool.refresh(0)
+        for vol in pool.listAllVolumes(0):
+            vol.delete(0)
+    conn.close()
+
+
+def _manifests(
+    env: LibvirtEnv, src: Source, storage: dict[str, Any], extra: list[Any]
+) -> list[Any]:
+    provider = {
+        "apiVersion": "infra.virtrigaud.io/v1beta1",
+        "kind": "Provider",
+    }
+    return [
+        *extra,
+        {
+            **provider,
+            "metadata": {"name": "kvm-a", "namespace": "default"},
+            "spec": {"type": "libvirt", "endpoint": env.uri, "defaults": {"storagePool": env.pool}},
+        },
+        {
+            **provider,
+            "metadata": {"name": "kvm-b", "namespace": "default"},
+            "spec": {
+                "type": "libvirt",
+                "endpoint": env.uri,
+                "defaults": {"storagePool": env.pool2},
+            },
+        },
+        {
+            "apiVersion": "infra.virtrigaud.io/v1beta1",
+            "kind": "VirtualMachine",
+            "metadata": {"name": "app-server", "namespace": "default"},
+            "spec": {"providerRef": {"name": "kvm-a"}, "vmId": src.uuid},
+        },
+        {
+            "apiVersion": "infra.virtrigaud.io/v1beta1",
+            "kind": "VMMigration",
+            "metadata": {"name": "move-app", "namespace": "default"},
+            "spec": {
+                "sourceName": "app-server",
+                "sourceNamespace": "default",
+                "targetProviderRef": {"name": "kvm-b", "namespace": "default"},
+                "targetName": env.name("moved"),
+                "targetStorageHint": env.pool2,
+                "targetNetworkHints": [{"name": "eth0", "network": env.network}],
+                "storage": storage,
+                "retryPolicy": {
+                    "maxAttempts": 2,
+                    "backoffDuration": "1s",
+                    "maxBackoffDuration": "2s",
+                },
+            },
+        },
+    ]
+
+
+def _run(workdir: Path, manifests: list[Any], timeout: float = 900) -> subprocess.Popen[str]:
+    (workdir / "manifests").mkdir(exist_ok=True)
+    (workdir / "manifests" / "all.yaml").write_text(yaml.safe_dump_all(manifests))
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "virtrigaud.cli",
+            "run",
+            "-f",
+            str(workdir / "manifests"),
+            "--store",
+            str(workdir / "state.db"),
+            "--timeout",
+            str(timeout),
+        ],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "VIRTRIGAUD_STORAGE_ALLOWED_HOSTS": "127.0.0.1",
+            "PYTHONPATH": str(REPO),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _cli(workdir: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "virtrigaud.cli", *args, "--store", str(workdir / "state.db")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _assert_migrated(env: LibvirtEnv, src: Source, workdir: Path) -> dict[str, Any]:
+    store = SQLiteStore(workdir / "state.db")
+    migration = store.get("VMMigration", "default", "move-app")
+    status = migration["status"]
+    assert status["phase"] == "Ready", status
+    assert status["progress"] == 100
+    assert status["startTime"] and status["completionTime"]
+    assert status["snapshotId"]
+    assert status["checksum"].startswith("sha256:")
+    disks = status["disks"]
+    assert len(disks) == 2
+    conditions = {c["type"]: c for c in status["conditions"]}
+    for kind in (
+        "Validated",
+        "Snapshotted",
+        "Exported",
+        "Transferred",
+        "Converted",
+        "Imported",
+        "Created",
+        "Ready",
+    ):
+        assert conditions[kind]["status"] == "True", conditions[kind]
+    reasons = {e.reason for e in store.events_for("VMMigration", "default", "move-app")}
+    assert {
+        "ValidationSuccessful",
+        "SnapshotCreated",
+        "ExportCompleted",
+        "ImportCompleted",
+        "VMCreated",
+        "MigrationCompleted",
+    } <= reasons
+    target = store.get("VirtualMachine", "default", env.name("moved"))
+    assert target["spec"]["importedDisk"]["source"] == "migration"
+    assert target["spec"]["importedDisk"]["migrationRef"]["name"] == "move-app"
+
+    conn = env.connect()
+    try:
+        dom = conn.lookupByUUIDString(target["status"]["id"])
+        desc = domxml.parse_domain(dom.XMLDesc(0))
+        target_disks = [d for d in desc.disks if d.device == "disk"]
+        assert len(target_disks) == 2
+        for (src_path, src_fmt), disk, recorded in zip(src.disks, target_disks, disks, strict=True):
+            assert disk.path and disk.path.startswith(str(env.pool2_path))
+            assert qemu_img.compare(
+                src_path, disk.path, a_format=src_fmt, b_format=disk.format, force_share=True
+            )
+            want = digest.content_digest(src_path, src_fmt, force_share=True)
+            assert digest.content_digest(disk.path, disk.format, force_share=True) == want
+            assert recorded["contentChecksum"].removeprefix("sha256:") == want
+        # No migration snapshot is left on the source, and it still runs.
+        src_dom = conn.lookupByUUIDString(src.uuid)
+        assert src_dom.snapshotNum(0) == 0
+        assert src_dom.isActive()
+        assert [
+            d.path for d in domxml.parse_domain(src_dom.XMLDesc(0)).disks if d.device == "disk"
+        ] == [path for path, _ in src.disks]
+    finally:
+        conn.close()
+    store.close()
+    return migration
+
+
+def test_running_two_disk_vm_moves_through_s3(
+    env: LibvirtEnv, source: Source, seaweed: SeaweedFS, tmp_path: Path
+) -> None:
+    bucket = seaweed.create_bucket(f"e2e-{secrets.token_hex(3)}")
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "s3-creds", "namespace": "default"},
+        "stringData": {"accessKey": seaweed.access_key, "secretKey": seaweed.secret_key},
+    }
+    storage = {
+        "type": "s3",
+        "bucket": bucket,
+        "region": "us-east-1",
+        "endpoint": seaweed.endpoint,
+        "credentialsSecretRef": {"name": "s3-creds", "namespace": "default"},
+    }
+    proc = _run(tmp_path, _manifests(env, source, storage, [secret]))
+    out, err = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    migration = _assert_migrated(env, source, tmp_path)
+    cleaned = {c["type"]: c for c in migration["status"]["conditions"]}["CleanedUp"]
+    assert cleaned["status"] == "True", cleaned
+    assert list(seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", [])) == []
+    table = _cli(tmp_path, "get", "vmmigrations")
+    assert "move-app" in table and "Ready" in table
+    described = _cli(tmp_path, "describe", "vmmigration", "move-app")
+    assert "MigrationCompleted" in described
+
+
+def test_killed_run_resumes_without_redoing_finished_disks(
+    env: LibvirtEnv, source: Source, tmp_path: Path
+) -> None:
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    storage = {"type": "nfs", "path": str(nfs)}
+    manifests = _manifests(env, source, storage, [])
+    proc = _run(tmp_path, manifests)
+    store_path = tmp_path / "state.db"
+    deadline = time.monotonic() + 600
+    first_disk: dict[str, Any] | None = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store_path.exists():
+            store = SQLiteStore(store_path)
+            try:
+                obj = store.get("VMMigration", "default", "move-app")
+            except errors.NotFound:  # not loaded yet
+                obj = {}
+            store.close()
+            disks = (obj.get("status") or {}).get("disks") or []
+            done = [d for d in disks if d.get("checksum")]
+            if done:
+                first_disk = dict(done[0])
+                break
+        time.sleep(0.05)
+    assert first_disk is not None, "no disk finished its export before the run ended"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    again = _run(tmp_path, manifests)
+    out, err = again.communicate(timeout=1200)
+    assert again.returncode == 0, f"{out}\n{err}"
+    migration = _assert_migrated(env, source, tmp_path)
+    after = {d["name"]: d for d in migration["status"]["disks"]}[first_disk["name"]]
+    # The disk that had finished before the kill was not exported again.
+    assert after["exportTaskRef"] == first_disk["exportTaskRef"]
+    assert after["checksum"] == first_disk["checksum"]
+    assert list(nfs.rglob("*")) == [] or all(p.is_dir() for p in nfs.rglob("*"))
