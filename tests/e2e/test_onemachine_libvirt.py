@@ -196,7 +196,9 @@ def _cli(workdir: Path, *args: str) -> str:
     return done.stdout
 
 
-def _assert_migrated(env: LibvirtEnv, src: Source, workdir: Path) -> dict[str, Any]:
+def _assert_migrated(
+    env: LibvirtEnv, src: Source, workdir: Path, *, all_events: bool = True
+) -> dict[str, Any]:
     store = SQLiteStore(workdir / "state.db")
     migration = store.get("VMMigration", "default", "move-app")
     status = migration["status"]
@@ -220,14 +222,17 @@ def _assert_migrated(env: LibvirtEnv, src: Source, workdir: Path) -> dict[str, A
     ):
         assert conditions[kind]["status"] == "True", conditions[kind]
     reasons = {e.reason for e in store.events_for("VMMigration", "default", "move-app")}
-    assert {
+    # Events are best effort (as in Kubernetes): a run killed between its status write
+    # and its event loses that event, so the resume test only asks for the final one.
+    expected = {
         "ValidationSuccessful",
         "SnapshotCreated",
         "ExportCompleted",
         "ImportCompleted",
         "VMCreated",
         "MigrationCompleted",
-    } <= reasons
+    }
+    assert (expected if all_events else {"MigrationCompleted"}) <= reasons
     target = store.get("VirtualMachine", "default", env.name("moved"))
     assert target["spec"]["importedDisk"]["source"] == "migration"
     assert target["spec"]["importedDisk"]["migrationRef"]["name"] == "move-app"
@@ -320,7 +325,7 @@ def test_killed_run_resumes_without_redoing_finished_disks(
     again = _run(tmp_path, manifests)
     out, err = again.communicate(timeout=1200)
     assert again.returncode == 0, f"{out}\n{err}"
-    migration = _assert_migrated(env, source, tmp_path)
+    migration = _assert_migrated(env, source, tmp_path, all_events=False)
     after = {d["name"]: d for d in migration["status"]["disks"]}[first_disk["name"]]
     # The disk that had finished before the kill was not exported again.
     assert after["exportTaskRef"] == first_disk["exportTaskRef"]

@@ -72,15 +72,34 @@ def _with(obj: dict[str, Any], generation: int = 1, **status: Any) -> dict[str, 
 STARTED = "2026-01-01T10:00:00Z"
 
 
+def _cleaned(status: str, reason: str) -> list[dict[str, str]]:
+    return [{"type": "CleanedUp", "status": status, "reason": reason}]
+
+
 def test_exit_code_follows_the_migrations(store: SQLiteStore) -> None:
-    ready = _with(factory.migration("a"), phase="Ready", observedGeneration=1)
+    done = _cleaned("True", "CleanupCompleted")
+    ready = _with(factory.migration("a"), phase="Ready", observedGeneration=1, conditions=done)
     failed = _with(factory.migration("b"), phase="Failed", observedGeneration=1)
     moving = _with(factory.migration("c"), phase="Transferring")
-    stale = _with(factory.migration("d"), generation=2, phase="Ready", observedGeneration=1)
+    stale = _with(
+        factory.migration("d"), generation=2, phase="Ready", observedGeneration=1, conditions=done
+    )
     assert settled(store, [ready], [], {}, STARTED) == 0
     assert settled(store, [ready, failed], [], {}, STARTED) == 1
     assert settled(store, [ready, moving], [], {}, STARTED) is None
     assert settled(store, [stale], [], {}, STARTED) is None  # edited: not reconciled yet
+
+
+def test_a_ready_migration_is_settled_only_when_its_cleanup_ended(store: SQLiteStore) -> None:
+    def ready(conditions: list[dict[str, str]]) -> dict[str, Any]:
+        return _with(
+            factory.migration("a"), phase="Ready", observedGeneration=1, conditions=conditions
+        )
+
+    assert settled(store, [ready([])], [], {}, STARTED) is None
+    assert settled(store, [ready(_cleaned("False", "CleanupInProgress"))], [], {}, STARTED) is None
+    assert settled(store, [ready(_cleaned("False", "CleanupFailed"))], [], {}, STARTED) == 0
+    assert settled(store, [ready(_cleaned("True", "NothingToClean"))], [], {}, STARTED) == 0
 
 
 def test_without_migrations_the_vms_decide(store: SQLiteStore) -> None:
