@@ -28,7 +28,10 @@ So a volume with the final name only ever appears complete, and any failure or
 cancellation at any step deletes what the import created (the temporary volume, the
 final one when verifying it failed, the scratch files). A provider that dies in step 3
 leaves the temporary volume behind; the next import of the same name removes it.
-Two imports of the same volume in one provider are refused (AlreadyExists) while the
+An import whose volume already exists with exactly the expected content (a re-submit
+after a provider restart) returns that volume again; any other existing volume of the
+name is a collision (AlreadyExists). Two imports of the same volume in one provider
+are refused (AlreadyExists) while the
 first runs.
 
 A raw image whose first bytes look like another image format (a guest can write a
@@ -153,9 +156,10 @@ def import_disk(
             client.refresh_pool(pool.name)
         except errors.FailedPrecondition as exc:  # busy: another job builds a volume
             log.info("pool_refresh_skipped", pool=pool.name, error=exc.message)
-        if client.find_volume(pool.name, name) is not None:
-            raise errors.AlreadyExists(
-                f"target_volume_name: volume {name!r} already exists in pool {pool.name!r}"
+        existing = client.find_volume(pool.name, name)
+        if existing is not None:
+            return _already_imported(
+                client, request, existing, (pool.name, fmt), scratch=scratch, ctx=ctx
             )
         object_size = _source_size(request, allowed)
         temp = temporary_name(pool.name, name)
@@ -172,6 +176,46 @@ def import_disk(
             scratch=scratch,
             allowed=allowed,
         )
+
+
+def _already_imported(
+    client: LibvirtClient,
+    request: pb.ImportDiskRequest,
+    vol: volxml.VolumeXml,
+    where: tuple[str, str],  # pool, format
+    *,
+    scratch: ScratchSettings,
+    ctx: TaskContext,
+) -> pb.ImportResult:
+    """The result for a volume a previous run of this import already finished.
+
+    A provider restart loses its tasks; the manager then re-submits the same import.
+    If the volume with the requested name holds exactly the expected content (its
+    content digest, read back now, equals ``expected_content_sha256``), that import
+    finished and its result is returned again. Anything else is a name collision.
+    """
+    pool, fmt = where
+    taken = errors.AlreadyExists(
+        f"target_volume_name: volume {vol.name!r} already exists in pool {pool!r}"
+    )
+    if not request.expected_content_sha256 or vol.format != fmt:
+        raise taken
+    ctx.set_stage(STAGE_VERIFYING_VOLUME)
+    with Scratch(scratch.directory, limit=scratch.limit) as room:
+        content = volfiles.volume_content_digest(
+            client, vol, fmt, room, progress=ctx.progress, cancel=ctx.cancel_event
+        )
+    if content != request.expected_content_sha256:
+        raise taken
+    log.info("import_already_done", pool=pool, volume=vol.name)
+    return pb.ImportResult(
+        disk_id=f"{pool}/{vol.name}",
+        path=vol.path,
+        format=transfer.FORMAT_VALUES[fmt],
+        size_bytes=vol.capacity,
+        sha256=request.expected_sha256,
+        content_sha256=content,
+    )
 
 
 def _import(

@@ -24,7 +24,7 @@ from typing import Any
 import libvirt
 import pytest
 
-from manager.providerclient import ProviderClient, RetryPolicy
+from manager.providerclient import ProviderClient, RetryPolicy, raise_for_task
 from providers.common import digest
 from providers.common.progress import StagedContext
 from providers.libvirt import domxml, imports
@@ -831,3 +831,35 @@ def test_one_import_per_volume_at_a_time() -> None:
             pass
     with in_flight.claim("pool", "disk.qcow2"):  # released when the first import ended
         pass
+
+
+def test_an_import_resubmitted_after_a_restart_returns_the_finished_volume(
+    env: LibvirtEnv,
+    lv: Lab,
+    xprovider: ProviderClient,
+    small_export: tuple[pb.StorageLocation, pb.ExportResult, str],
+) -> None:
+    """A provider restart loses its tasks; the manager re-submits the same import. The
+    finished volume is recognised by its content, not refused as a collision."""
+    location, result, _ = small_export
+    name = env.name(f"resubmit-{secrets.token_hex(2)}.qcow2")
+    first = raise_for_task(
+        xprovider.wait_task(
+            xprovider.import_disk(import_request(location, result, env.pool2, name)).id
+        )
+    ).import_result
+    track_volume(lv, env.pool2, name)
+    again = raise_for_task(
+        xprovider.wait_task(
+            xprovider.import_disk(import_request(location, result, env.pool2, name)).id
+        )
+    ).import_result
+    assert (again.disk_id, again.path, again.content_sha256) == (
+        first.disk_id,
+        first.path,
+        first.content_sha256,
+    )
+    other = import_request(location, result, env.pool2, name)
+    other.expected_content_sha256 = "2" * 64  # a different disk under the same name
+    with pytest.raises(errors.AlreadyExists):
+        raise_for_task(xprovider.wait_task(xprovider.import_disk(other).id))
