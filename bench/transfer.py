@@ -12,10 +12,15 @@ SeaweedFS, and measures in the same run, alternating the variants each repetitio
           naive: boto3 `download_file` to a temp file, then `qemu-img convert`
 
 Each measurement runs in its own subprocess so that peak RSS is its own: "py RSS" is
-the Python process (ru_maxrss of self), "tool RSS" the largest child (qemu-img).
-"wire" is the object payload sent to / read from S3 (HTTP framing excluded); "scratch"
-is the disk space used for temporary files (allocated blocks for the naive temp file,
-the pipeline's peak scratch reservation for ours). Medians of ``--reps`` runs.
+the Python process (ru_maxrss of self; a qemu-img child's own ru_maxrss is not shown:
+Linux counts the parent's pages it was forked with, so it would only repeat py RSS).
+"cpu" is the CPU time (user + system) of the measured process and its qemu-img
+children, "S3 cpu" that of the SeaweedFS process during the measurement: on a small
+machine the client and the server share the cores, so CPU spent on one slows the
+other. "wire" is the object payload sent to / read from S3 (HTTP framing excluded);
+"scratch" is the disk space used for temporary files (allocated blocks for the naive
+temp file, the pipeline's peak scratch reservation for ours). Medians of ``--reps``
+runs; the machine's CPU count is printed with the table.
 """
 
 from __future__ import annotations
@@ -78,6 +83,7 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
 
     variant, fmt, work = cfg["variant"], cfg["format"], Path(cfg["work"])
     key = f"{cfg['key']}.{fmt}"
+    cpu_before = os.times()
     started = time.monotonic()
     if variant == "ours-export":
         backend = _backend(cfg)
@@ -120,11 +126,20 @@ def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
     else:
         raise SystemExit(f"unknown variant {variant}")
     wall = time.monotonic() - started
-    own, child = _rss()
-    return {"wall": wall, "wire": wire, "scratch": scratch, "py_rss": own, "tool_rss": child}
+    cpu_after = os.times()
+    cpu = sum(cpu_after[:4]) - sum(cpu_before[:4])  # user + system, self and children
+    own, _child = _rss()
+    return {"wall": wall, "wire": wire, "scratch": scratch, "py_rss": own, "cpu": cpu}
 
 
-def _measure(cfg: dict[str, Any]) -> dict[str, Any]:
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a running process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measure(cfg: dict[str, Any], server_pid: int) -> dict[str, Any]:
+    server_before = _cpu_seconds(server_pid)
     done = subprocess.run(
         [sys.executable, __file__, "--variant-json", json.dumps(cfg)],
         capture_output=True,
@@ -135,6 +150,7 @@ def _measure(cfg: dict[str, Any]) -> dict[str, Any]:
     if done.returncode != 0:
         raise SystemExit(f"{cfg['variant']} failed:\n{done.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result["server_cpu"] = _cpu_seconds(server_pid) - server_before
     return result
 
 
@@ -157,13 +173,18 @@ def _make_source(path: Path, virtual_gib: int, data_percent: int) -> int:
     return written
 
 
+def _rate(run: dict[str, float]) -> float:
+    return run["wire"] / MiB / run["wall"]
+
+
 def _fmt_row(name: str, ours: dict[str, float], naive: dict[str, float]) -> str:
-    rate = lambda r: r["wire"] / MiB / r["wall"]  # noqa: E731
+    rate = _rate
     return (
         f"{name:<7} | {ours['wall']:7.2f}s {rate(ours):8.1f} MiB/s | "
         f"{naive['wall']:7.2f}s {rate(naive):8.1f} MiB/s | {naive['wall'] / ours['wall']:5.2f}x | "
-        f"py RSS {ours['py_rss'] / MiB:6.0f}/{naive['py_rss'] / MiB:6.0f} MiB | "
-        f"tool RSS {ours['tool_rss'] / MiB:5.0f}/{naive['tool_rss'] / MiB:5.0f} MiB | "
+        f"py RSS {ours['py_rss'] / MiB:4.0f}/{naive['py_rss'] / MiB:4.0f} MiB | "
+        f"cpu {ours['cpu']:5.2f}/{naive['cpu']:5.2f}s | "
+        f"S3 cpu {ours['server_cpu']:5.2f}/{naive['server_cpu']:5.2f}s | "
         f"scratch {ours['scratch'] / MiB:7.0f}/{naive['scratch'] / MiB:7.0f} MiB | "
         f"wire {ours['wire'] / MiB:7.0f}/{naive['wire'] / MiB:7.0f} MiB"
     )
@@ -190,7 +211,8 @@ def main() -> None:
         data = _make_source(source, args.virtual_gib, args.data_percent)
         print(
             f"source: {args.virtual_gib} GiB virtual qcow2, {data / MiB:.0f} MiB allocated; "
-            f"object format {args.format}; {args.reps} reps; medians; ours/naive"
+            f"object format {args.format}; {args.reps} reps; medians; ours/naive; "
+            f"{os.cpu_count()} CPUs, SeaweedFS on loopback"
         )
         base = {
             "endpoint": s3.endpoint,
@@ -199,17 +221,21 @@ def main() -> None:
             "source": str(source),
             "work": str(work),
         }
+        assert s3.process is not None
+        server = s3.process.pid
         runs: dict[str, list[dict[str, Any]]] = {}
         for rep in range(args.reps):
             order = ["ours", "naive"] if rep % 2 == 0 else ["naive", "ours"]
             for who in order:
                 key = f"{who}-{rep}"
-                exp = _measure({**base, "variant": f"{who}-export", "key": key})
+                exp = _measure({**base, "variant": f"{who}-export", "key": key}, server)
                 runs.setdefault(f"{who}-export", []).append(exp)
                 # Our writer stores the transport digest with the object; the naive
                 # import does not verify anything (that is part of being naive).
                 sha = _backend(base).stat(f"{key}.{args.format}").sha256 or ""
-                imp = _measure({**base, "variant": f"{who}-import", "key": key, "sha256": sha})
+                imp = _measure(
+                    {**base, "variant": f"{who}-import", "key": key, "sha256": sha}, server
+                )
                 runs.setdefault(f"{who}-import", []).append(imp)
         med = {
             name: {k: statistics.median(r[k] for r in rows) for k in rows[0]}

@@ -63,6 +63,8 @@ class BackendOptions:
     workers: int = 4  # S3: parts uploaded in parallel
     max_buffer_bytes: int = 512 * MiB  # S3: cap on part buffers held in memory
     chunk_size: int = 1 * MiB  # readers: size of the chunks they yield
+    read_workers: int = 4  # S3 reader: ranged GETs in flight at once
+    read_range_size: int = 8 * MiB  # S3 reader: bytes fetched per ranged GET
     queue_chunks: int = 4  # HTTP writer: chunks buffered between write() and the socket
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     connect_timeout: float = 10.0
@@ -75,6 +77,8 @@ class BackendOptions:
     def __post_init__(self) -> None:
         if self.workers < 1 or self.chunk_size < 1 or self.queue_chunks < 1:
             raise InvalidArgument("workers, chunk_size and queue_chunks must be >= 1")
+        if self.read_workers < 1 or self.read_range_size < 1:
+            raise InvalidArgument("read_workers and read_range_size must be >= 1")
         if self.max_buffer_bytes < self.part_size:
             raise InvalidArgument("max_buffer_bytes must hold at least one part")
 

@@ -9,8 +9,9 @@ Secret's scheme is used; an endpoint without any scheme means ``https``. Custom
 endpoints use path-style addressing. No endpoint (or ``s3.amazonaws.com``) means AWS.
 Without ``accessKey``/``secretKey`` boto3's default chain is used (IRSA, env vars).
 
-Requests are retried by botocore (``standard`` mode, ``RetryPolicy.attempts`` tries);
-broken downloads resume at their offset (``storage.retry``). Every botocore error is
+Requests are retried by botocore (``standard`` mode, ``RetryPolicy.attempts`` tries).
+Downloads are parallel ranged GETs yielded in order (:class:`S3Reader`); a broken range
+resumes at its offset (``storage.retry``). Every botocore error is
 translated by :func:`translate_error`, the single translation point; messages never
 contain the secret key. The multipart writer is in ``storage.s3_multipart``.
 """
@@ -18,8 +19,11 @@ contain the secret key. The multipart writer is in ``storage.s3_multipart``.
 from __future__ import annotations
 
 import re
+import threading
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -43,6 +47,7 @@ from storage.retry import Attempts
 from storage.s3_multipart import MIN_PART_SIZE, S3Writer, ServerPart
 from virtrigaud.errors import (
     AuthenticationError,
+    Cancelled,
     Conflict,
     InternalError,
     InvalidArgument,
@@ -52,6 +57,7 @@ from virtrigaud.errors import (
     PermissionDenied,
     Timeout,
     Unavailable,
+    Unsupported,
     VirtrigaudError,
 )
 from virtrigaud.logging import get_logger
@@ -62,6 +68,7 @@ AWS_HOSTS = frozenset({"s3.amazonaws.com"})
 SHA256_META = "sha256"
 SHA256_TAG = "sha256"
 
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
 _REGION = re.compile(r"^[a-z0-9-]{1,32}$")
 _AUTH_CODES = frozenset(
@@ -274,7 +281,7 @@ class S3Backend(Backend):
             retries={"max_attempts": opts.retry.attempts, "mode": "standard"},
             connect_timeout=opts.connect_timeout,
             read_timeout=opts.read_timeout,
-            max_pool_connections=opts.workers + 4,
+            max_pool_connections=max(opts.workers, opts.read_workers) + 4,
             tcp_keepalive=True,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -505,8 +512,41 @@ class S3Backend(Backend):
         self.client.close()
 
 
+class _Range:
+    """One ranged GET: ``[start, end)`` of the object, filled by a worker thread."""
+
+    __slots__ = ("end", "pieces", "pos", "short", "start")
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start = start
+        self.end = end
+        self.pos = start  # next byte to fetch
+        self.pieces: deque[bytes] = deque()
+        self.short = False  # the object ended before ``end``
+
+
 class S3Reader(Reader):
-    """GetObject streaming, pinned to the stat'ed ETag, resumed with Range on errors."""
+    """Parallel ranged GETs, pinned to the stat'ed ETag, yielded in order.
+
+    The object is cut into consecutive ranges of ``read_range_size`` bytes that
+    ``read_workers`` threads fetch with ``Range`` + ``If-Match`` GETs (a replaced object
+    is a Conflict). Ranges are handed over whole and in order, so the consumer -- and
+    the SHA256 in :class:`Reader` -- sees one in-order stream of ``chunk_size`` pieces.
+
+    Memory: a range is only requested while fewer than ``read_workers + 1`` ranges are
+    alive (being fetched, fetched and waiting, or being yielded), so buffered bytes never
+    exceed ``(read_workers + 1) x read_range_size`` (40 MiB with the defaults), whatever
+    the object size; ``peak_buffer_bytes`` reports the peak actually reached.
+
+    Errors: a broken range resumes at its current offset (``resumes`` counts them) with
+    a consecutive-failure budget of ``RetryPolicy.attempts`` per range; the first range
+    that cannot be fetched raises its translated error when the consumer reaches it,
+    after the ranges before it. Every response's ``Content-Range`` must start where the
+    range asked and name the stat'ed size (else Unsupported, InternalError or Conflict:
+    a server ignoring ``Range`` would splice wrong bytes in). A response that ends
+    early (the object is shorter than stat'ed) ends the stream there and the base class
+    reports the truncation. Closing the reader stops and joins the workers.
+    """
 
     def __init__(
         self,
@@ -519,36 +559,131 @@ class S3Reader(Reader):
         super().__init__(info, offset, expected_sha256, expected_size)
         self._b = backend
         self._full_key = backend.full_key(info.key)
+        opts = backend.options
+        self._workers = opts.read_workers
+        self._range_size = opts.read_range_size
+        self._piece_size = min(opts.chunk_size, opts.read_range_size)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._buffered = 0
+        self.peak_buffer_bytes = 0
         self.resumes = 0
+        self.requests = 0
 
-    def _open_body(self, pos: int) -> Any:
-        kwargs: dict[str, Any] = {"Key": self._full_key}
-        if pos:
-            kwargs["Range"] = f"bytes={pos}-"
-        if self.info.etag:
-            kwargs["IfMatch"] = self.info.etag
-        return self._b._call("get_object", self._full_key, **kwargs)["Body"]
+    @property
+    def buffer_limit(self) -> int:
+        """The bound on buffered bytes (see the class docstring)."""
+        return (self._workers + 1) * self._range_size
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes fetched and not yet yielded."""
+        return self._buffered
 
     def _chunks(self, offset: int) -> Iterator[bytes]:
-        pos = offset
-        attempts = Attempts(self._b.options.retry)
-        while pos < self.info.size:
-            body = None
-            try:
-                body = self._open_body(pos)
-                stream = body.iter_chunks(self._b.options.chunk_size)
-                while True:
-                    with self._b.errors("GetObject", self._full_key):
-                        chunk = next(stream, b"")
-                    if not chunk:
-                        return
-                    pos += len(chunk)
-                    attempts.progress()
-                    yield chunk
-            except (Unavailable, Timeout) as err:
-                attempts.failed(err)
-                self.resumes += 1
-                log.warning("s3.read.resume", key=self.key, offset=pos, error=str(err))
-            finally:
-                if body is not None:
-                    body.close()
+        # One byte past the expected size is enough to report a longer object.
+        end = min(self.info.size, self.expected_size + 1)
+        if offset >= end:
+            return
+        starts = iter(range(offset, end, self._range_size))
+        count = -(-(end - offset) // self._range_size)
+        pool = ThreadPoolExecutor(min(self._workers, count), thread_name_prefix="s3-get")
+        pending: deque[Future[_Range]] = deque()
+
+        def request_next() -> None:
+            start = next(starts, None)
+            if start is not None:
+                pending.append(
+                    pool.submit(self._fetch, _Range(start, min(start + self._range_size, end)))
+                )
+
+        try:
+            for _ in range(self._workers + 1):
+                request_next()
+            while pending:
+                part = pending[0].result()
+                pending.popleft()
+                while part.pieces:
+                    piece = part.pieces.popleft()
+                    self._account(-len(piece))
+                    yield piece
+                if part.short:
+                    return  # the object ended early: Reader reports the truncation
+                request_next()
+        finally:
+            self._stop.set()
+            for future in pending:
+                future.cancel()
+            pool.shutdown(wait=True)
+            with self._lock:
+                self._buffered = 0  # ranges not yielded are dropped with the futures
+
+    def _fetch(self, part: _Range) -> _Range:
+        """Fetch one range (worker thread), resuming it at its offset after errors."""
+        attempts = Attempts(self._b.options.retry, sleep=self._pause)
+        try:
+            while part.pos < part.end and not part.short:
+                try:
+                    self._fetch_into(part, attempts)
+                except (Unavailable, Timeout) as err:
+                    if self._stop.is_set():
+                        raise Cancelled("download stopped") from None
+                    attempts.failed(err)
+                    with self._lock:
+                        self.resumes += 1
+                    log.warning("s3.read.resume", key=self.key, offset=part.pos, error=str(err))
+        except BaseException:
+            self._account(-sum(len(piece) for piece in part.pieces))
+            part.pieces.clear()
+            raise
+        return part
+
+    def _fetch_into(self, part: _Range, attempts: Attempts) -> None:
+        body = self._open_range(part.pos, part.end)
+        try:
+            while part.pos < part.end:
+                if self._stop.is_set():
+                    raise Cancelled("download stopped")
+                with self._b.errors("GetObject", self._full_key):
+                    piece = body.read(min(self._piece_size, part.end - part.pos))
+                if not piece:
+                    part.short = True
+                    return
+                self._account(len(piece))
+                part.pieces.append(piece)
+                part.pos += len(piece)
+                attempts.progress()
+        finally:
+            body.close()
+
+    def _open_range(self, pos: int, end: int) -> Any:
+        kwargs: dict[str, Any] = {"Key": self._full_key, "Range": f"bytes={pos}-{end - 1}"}
+        if self.info.etag:
+            kwargs["IfMatch"] = self.info.etag
+        with self._lock:
+            self.requests += 1
+        resp = self._b._call("get_object", self._full_key, **kwargs)
+        body = resp["Body"]
+        served = _CONTENT_RANGE.match(str(resp.get("ContentRange") or ""))
+        target = self._b._target(self._full_key)
+        if served is None and pos != 0:
+            body.close()
+            raise Unsupported(f"S3 endpoint {self._b.endpoint} ignored a Range request ({target})")
+        if served is not None:
+            first, total = int(served[1]), served[3]
+            if first != pos:
+                body.close()
+                raise InternalError(f"S3 served {target} from byte {first}, asked for {pos}")
+            if total != "*" and int(total) != self.info.size:
+                body.close()
+                raise Conflict(f"{target} changed while it was being read (GetObject)")
+        return body
+
+    def _account(self, delta: int) -> None:
+        with self._lock:
+            self._buffered += delta
+            self.peak_buffer_bytes = max(self.peak_buffer_bytes, self._buffered)
+
+    def _pause(self, delay: float) -> None:
+        if self._stop.wait(delay):
+            raise Cancelled("download stopped")

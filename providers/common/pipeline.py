@@ -70,6 +70,18 @@ Scratch budget: before qemu-img writes a file into scratch, the worst case is re
 (export: the source's non-zero ranges rounded up to the target's allocation unit plus
 metadata; import: the object size when known, else growing as it arrives); reservations
 beyond ``scratch_limit`` or the free space are refused with ``OutOfSpace``.
+
+Cost: every digest is one pass, none is skipped
+-----------------------------------------------
+SHA256 is the largest CPU cost of a transfer, so no byte is hashed twice for the same
+digest. A storage ``Writer`` hashes everything written to it and reports the digest
+from ``commit()``; a storage ``Reader`` opened at offset 0 hashes everything it yields;
+the pipeline takes those digests and only hashes a stream itself when the sink or
+source is anything else. On import the chunks are written by a second thread (at most
+``_WRITE_BEHIND_CHUNKS`` waiting), so the receiving thread's SHA256 and the writes
+overlap; the scratch copy of an object is not fsynced (it is deleted after the
+conversion, a crash discards it anyway; a destination streamed into place is). The
+written image's content digest is hashed by up to ``_VERIFY_THREADS`` threads.
 """
 
 from __future__ import annotations
@@ -77,6 +89,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import queue
 import re
 import shutil
 import tempfile
@@ -86,10 +99,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
+from storage.base import ObjectInfo, Reader, Writer
 from virtrigaud.errors import (
     AlreadyExists,
     Cancelled,
     ChecksumMismatch,
+    InternalError,
     InvalidArgument,
     NotFound,
     TransientError,
@@ -120,6 +135,18 @@ _GRANULE = {
     "vhdx": 32 * MIB,
 }
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+# Threads hashing the written image's content digest at the end of an import (the
+# only work left at that point, so every core may take part).
+_VERIFY_THREADS = max(1, min(4, _usable_cpus()))
+_WRITE_BEHIND_CHUNKS = 8  # received chunks (1 MiB each by default) waiting to be written
 
 
 class Sink(Protocol):
@@ -178,6 +205,64 @@ class _Context:
         return lambda fraction: self.report(int(fraction * size), size)
 
 
+class _Transport(Protocol):
+    """Size and SHA256 of the object bytes (TransportHasher, or _CountOnly)."""
+
+    size: int
+
+    def update(self, data: bytes) -> None: ...
+
+    def hexdigest(self) -> str: ...
+
+
+class _CountOnly:
+    """Counts object bytes whose SHA256 the storage reader or writer computes itself.
+
+    A storage Writer, and a storage Reader opened at offset 0, hash every byte that
+    passes through them (``storage.base``); the pipeline takes that digest instead of
+    computing the same one a second time. ``digest`` returns it once the stream ended;
+    without it (export) ``hexdigest`` is empty until ``export_image`` fills in the
+    digest the writer's ``commit`` reports.
+    """
+
+    def __init__(self, digest: Callable[[], str] | None = None) -> None:
+        self.size = 0
+        self._digest = digest
+
+    def update(self, data: bytes) -> None:
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self._digest() if self._digest is not None else ""
+
+
+def _source_transport(source: Iterable[bytes]) -> _Transport:
+    """Who computes the transport digest of an import's source stream."""
+    if not (isinstance(source, Reader) and source.position == 0 and source.sha256 is not None):
+        return TransportHasher()
+    reader = source
+
+    def digest() -> str:
+        # The reader hashed exactly the bytes it yielded, i.e. what was received.
+        sha = reader.sha256
+        if sha is None or reader.position != counter.size:
+            raise InternalError("the storage reader's digest does not cover the received bytes")
+        return sha
+
+    counter = _CountOnly(digest)
+    return counter
+
+
+def _committed_sha256(committed: object, outcome: ExportOutcome) -> str:
+    if (
+        not isinstance(committed, ObjectInfo)
+        or committed.sha256 is None
+        or committed.size != outcome.size
+    ):
+        raise InternalError(f"the storage writer did not report the digest of {outcome.size} bytes")
+    return committed.sha256
+
+
 # ---------------------------------------------------------------- export
 
 
@@ -205,6 +290,9 @@ def export_image(
     _check_object_format(target_format, subformat, compress)
     qemu_img.validate_format(src_format)
     ctx = _Context(progress, on_stage, cancel or threading.Event())
+    # A storage Writer hashes every byte written to it and returns that digest from
+    # commit(): hashing the object here too would be a second SHA256 pass for nothing.
+    sink_hashes = isinstance(sink, Writer)
     try:
         with Scratch(scratch_dir, limit=scratch_limit) as scratch:
             outcome = _export(
@@ -217,8 +305,11 @@ def export_image(
                 scratch=scratch,
                 ctx=ctx,
                 force_share=force_share,
+                transport=_CountOnly() if sink_hashes else TransportHasher(),
             )
-        sink.commit()
+        committed = sink.commit()
+        if sink_hashes:
+            outcome = dataclasses.replace(outcome, sha256=_committed_sha256(committed, outcome))
     except BaseException as exc:
         if not (isinstance(exc, TransientError) and getattr(sink, "resumable", False)):
             with contextlib.suppress(Exception):
@@ -240,10 +331,11 @@ def _export(
     scratch: Scratch,
     ctx: _Context,
     force_share: bool,
+    transport: _Transport,
 ) -> ExportOutcome:
     layout = digest.data_layout(src, src_format, force_share=force_share)
     if target == "raw":
-        return _export_raw(layout, sink, scratch, ctx, force_share)
+        return _export_raw(layout, sink, scratch, ctx, force_share, transport=transport)
     passthrough = _can_pass_through(layout.info, target, subformat, compress)
     with _Background(ctx.cancel) as background:
         if passthrough:
@@ -269,7 +361,7 @@ def _export(
             if not layout.direct:
                 converted = digest.data_layout(obj, target)
                 background.start(_digest_job(converted, scratch, False))
-        transport = _upload_file(obj, sink, None, ctx)
+        _upload_file(obj, sink, None, ctx, transport)
         content = background.result()
     obj_info = layout.info if passthrough else qemu_img.info(obj, target, backing_chain=False)
     return ExportOutcome(
@@ -285,7 +377,13 @@ def _export(
 
 
 def _export_raw(
-    layout: DataLayout, sink: Sink, scratch: Scratch, ctx: _Context, force_share: bool
+    layout: DataLayout,
+    sink: Sink,
+    scratch: Scratch,
+    ctx: _Context,
+    force_share: bool,
+    *,
+    transport: _Transport,
 ) -> ExportOutcome:
     raw = layout.path
     conversion = "raw-stream"
@@ -303,7 +401,7 @@ def _export_raw(
             force_share=force_share,
         )
     content = ContentHasher(layout.virtual_size)
-    transport = _upload_file(raw, sink, content, ctx)
+    _upload_file(raw, sink, content, ctx, transport)
     content.update_zeros(layout.virtual_size - transport.size)  # sector padding, if any
     return ExportOutcome(
         format="raw",
@@ -318,11 +416,10 @@ def _export_raw(
 
 
 def _upload_file(
-    path: str, sink: Sink, content: ContentHasher | None, ctx: _Context
-) -> TransportHasher:
+    path: str, sink: Sink, content: ContentHasher | None, ctx: _Context, transport: _Transport
+) -> None:
     ctx.stage(STAGE_UPLOADING)
     total = os.path.getsize(path)
-    transport = TransportHasher()
     ctx.report(0, total)
     for piece in iter_file(path, cancel=ctx.cancel):
         sink.write(piece.data)
@@ -334,7 +431,6 @@ def _upload_file(
                 content.update(piece.data)
         ctx.report(transport.size, total)
     ctx.check()
-    return transport
 
 
 def _can_pass_through(info: ImageInfo, target: str, subformat: str | None, compress: bool) -> bool:
@@ -524,12 +620,11 @@ def _import(
     transport = _receive(
         source, received, req=req, content=stream_content, scratch=scratch, ctx=ctx
     )
-    _validate_object(received, req.src_format)
+    virtual = _validate_object(received, req.src_format).virtual_size
     conversion = "none"
     if not req.passthrough:
         conversion = "scratch"
         ctx.stage(STAGE_CONVERTING)
-        virtual = qemu_img.info(received, req.src_format, backing_chain=False).virtual_size
         qemu_img.convert(
             received,
             staged,
@@ -559,6 +654,7 @@ def _import(
             cancel=ctx.cancel,
             scratch_dir=scratch.path,
             scratch_limit=remaining,
+            threads=_VERIFY_THREADS,
         )
         if stream_content is not None and content != from_stream:
             raise ChecksumMismatch(
@@ -584,23 +680,28 @@ def _receive(
     content: ContentHasher | None,
     scratch: Scratch,
     ctx: _Context,
-) -> TransportHasher:
+) -> _Transport:
     ctx.stage(STAGE_DOWNLOADING)
     streamed_to_scratch = not req.passthrough and req.size is None
-    writer = SparseWriter(path, on_allocate=scratch.allocate if streamed_to_scratch else None)
-    transport = TransportHasher()
+    writer = SparseWriter(
+        path,
+        on_allocate=scratch.allocate if streamed_to_scratch else None,
+        durable=req.passthrough,  # a scratch copy is worthless after a crash: no fsync
+    )
+    transport = _source_transport(source)
     total = req.size or 0
+    behind = _WriteBehind(writer, content)
     try:
         for chunk in _chunks(source, ctx):
             transport.update(chunk)
             if req.size is not None and transport.size > req.size:
                 raise ChecksumMismatch(f"object is longer than the expected {req.size} bytes")
-            writer.write(chunk)
-            if content is not None:
-                content.update(chunk)
+            behind.put(chunk)
             ctx.report(transport.size, total)
+        behind.finish()
         writer.close()
     except BaseException:
+        behind.stop()
         writer.abort()
         raise
     if req.size is not None and transport.size != req.size:
@@ -612,6 +713,59 @@ def _receive(
     return transport
 
 
+class _WriteBehind:
+    """Writes received chunks (and feeds the stream's content digest) on its own thread.
+
+    The receiving thread -- which also hashes the stream, in the storage reader or here --
+    hands every chunk over through a queue of at most ``_WRITE_BEHIND_CHUNKS`` chunks,
+    so hashing and writing overlap while memory stays bounded. The first error of the
+    writing thread (out of scratch space, a failed write) is raised in the receiving
+    thread at its next ``put`` or at ``finish``; the writing thread keeps draining the
+    queue meanwhile, so the receiving thread never blocks on a dead consumer.
+    """
+
+    def __init__(self, writer: SparseWriter, content: ContentHasher | None) -> None:
+        self._writer = writer
+        self._content = content
+        self._queue: queue.Queue[bytes | None] = queue.Queue(_WRITE_BEHIND_CHUNKS)
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name="import-write", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, chunk: bytes) -> None:
+        self._raise_error()
+        self._queue.put(chunk)
+
+    def finish(self) -> None:
+        """Wait until every chunk handed over is written; raise the first write error."""
+        self.stop()
+        self._raise_error()
+
+    def stop(self) -> None:
+        """Let the writing thread finish what it was handed, and wait for it (idempotent)."""
+        if self._thread is not None:
+            thread, self._thread = self._thread, None
+            self._queue.put(None)
+            thread.join()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # drained unwritten: the receiving thread raises the error
+            try:
+                self._writer.write(chunk)
+                if self._content is not None:
+                    self._content.update(chunk)
+            except BaseException as exc:  # handed to the receiving thread
+                self._error = exc
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+
 def _chunks(source: Iterable[bytes], ctx: _Context) -> Iterator[bytes]:
     for chunk in source:
         ctx.check()
@@ -620,7 +774,7 @@ def _chunks(source: Iterable[bytes], ctx: _Context) -> Iterator[bytes]:
     ctx.check()
 
 
-def _validate_object(path: str, fmt: str) -> None:
+def _validate_object(path: str, fmt: str) -> ImageInfo:
     """Refuse an object that refers to other files or that qemu-img finds corrupt."""
     info = qemu_img.info(path, fmt, backing_chain=False)
     if not _self_contained(info, path):
@@ -637,6 +791,7 @@ def _validate_object(path: str, fmt: str) -> None:
                 f"qemu-img check: the {fmt} object has {result.corruptions} corruptions and "
                 f"{result.check_errors} check errors"
             )
+    return info
 
 
 def _self_contained(info: ImageInfo, path: str) -> bool:

@@ -106,14 +106,23 @@ class SparseWriter:
     """Sequential writer of a new file; all-zero pieces become holes.
 
     ``on_allocate(n)`` is told about every byte actually written, so a caller can keep
-    the file within a scratch budget (and stop it by raising).
+    the file within a scratch budget (and stop it by raising). ``durable=False`` skips
+    the fsync at close, for temporary files that are worthless after a crash anyway
+    (scratch copies read back by qemu-img right away).
     """
 
-    def __init__(self, path: str, *, on_allocate: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        on_allocate: Callable[[int], None] | None = None,
+        durable: bool = True,
+    ) -> None:
         self.path = path
         self.size = 0
         self.allocated = 0
         self._on_allocate = on_allocate
+        self._durable = durable
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self._fd: int | None = os.open(path, flags, 0o600)
 
@@ -122,7 +131,9 @@ class SparseWriter:
         pos = 0
         while pos < len(data):
             n = min(len(data) - pos, ZERO_BLOCK - (self.size + pos) % ZERO_BLOCK)
-            if data[pos : pos + n] == _ZEROS_BLOCK[:n]:
+            # A non-zero first byte settles the block without copying it (dense data);
+            # only blocks starting with a zero are compared in full.
+            if data[pos] == 0 and data[pos : pos + n] == _ZEROS_BLOCK[:n]:
                 if run_start >= 0:
                     self._pwrite(data[run_start:pos], self.size + run_start)
                     run_start = -1
@@ -130,17 +141,18 @@ class SparseWriter:
                 run_start = pos
             pos += n
         if run_start >= 0:
-            self._pwrite(data[run_start:], self.size + run_start)
+            self._pwrite(data[run_start:] if run_start else data, self.size + run_start)
         self.size += len(data)
 
     def close(self) -> None:
-        """Set the final length (trailing holes included) and flush to disk."""
+        """Set the final length (trailing holes included) and flush to disk (if durable)."""
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
         try:
             os.ftruncate(fd, self.size)
-            os.fsync(fd)
+            if self._durable:
+                os.fsync(fd)
         except OSError as exc:
             raise os_error(exc, self.path) from exc
         finally:

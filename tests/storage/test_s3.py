@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import pytest
@@ -162,11 +163,20 @@ def test_broken_download_resumes_with_range(seaweed: SeaweedFS, s3_backend: S3Ba
         assert drain(reader) == (sha, size)
         assert reader.verified
         assert proxy.cut_count == 1 and reader.resumes == 1
-        gets = [r for r in proxy.requests if r.startswith(b"GET")]
-        ranged = [r for r in gets if b"range: bytes=" in r.lower()]
-        assert len(ranged) == 1 and b"if-match:" in ranged[0].lower()
-        offset = int(ranged[0].lower().split(b"range: bytes=")[1].split(b"-")[0])
-        assert 0 < offset <= 5 * MiB
+        # Every GET is ranged and pinned; the three 8 MiB ranges were asked for once
+        # each, and the cut one again from where its bytes stopped.
+        heads = b"".join(proxy.requests).lower()
+        gets = len(re.findall(rb"^get /[^?\s]*\s", heads, re.MULTILINE))  # not ?tagging
+        ranges = re.findall(rb"range: bytes=(\d+)-(\d+)", heads)
+        assert gets == len(ranges) == reader.requests == 4
+        assert heads.count(b"if-match:") == gets
+        spans = sorted((int(a), int(b) + 1) for a, b in ranges)
+        planned = [(0, 8 * MiB), (8 * MiB, 16 * MiB), (16 * MiB, 24 * MiB)]
+        resumed = [span for span in spans if span not in planned]
+        assert sorted(set(spans) - set(resumed)) == planned and len(resumed) == 1
+        start, end = resumed[0]
+        assert (start // (8 * MiB) + 1) * 8 * MiB == end  # the rest of one planned range
+        assert 0 < start % (8 * MiB) <= 5 * MiB
 
 
 def test_reader_is_pinned_to_the_object_it_stated(s3_backend: S3Backend) -> None:
