@@ -140,12 +140,18 @@ def run(
     """Serve until SIGTERM or SIGINT, then shut down gracefully."""
     running = start(driver, listen, tls, max_tasks)
     stop_requested = threading.Event()
+    received: list[int] = []
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("signal", signal=signal.Signals(signum).name)
+        # Only set a flag: a handler runs on the main thread between any two bytecodes,
+        # possibly inside a log call holding the logger's lock, so logging (or anything
+        # taking a lock) here can deadlock the process for good. A repeated signal
+        # during shutdown is therefore harmless.
+        received.append(signum)
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     stop_requested.wait()
+    log.info("signal", signal=signal.Signals(received[0]).name)
     running.stop(grace)

@@ -331,3 +331,23 @@ def test_killed_run_resumes_without_redoing_finished_disks(
     assert after["exportTaskRef"] == first_disk["exportTaskRef"]
     assert after["checksum"] == first_disk["checksum"]
     assert list(nfs.rglob("*")) == [] or all(p.is_dir() for p in nfs.rglob("*"))
+    # The providers of the killed run went down with it (they once hung in shutdown).
+    deadline = time.monotonic() + 60
+    while _providers_of(env) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _providers_of(env) == []
+
+
+def _providers_of(env: LibvirtEnv) -> list[int]:
+    """Provider processes still running for this session's pools."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"provider" in cmdline and any(env.pool.encode() in part for part in cmdline):
+            found.append(int(proc.name))
+    return found
