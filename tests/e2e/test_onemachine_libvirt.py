@@ -29,6 +29,7 @@ from manager.store.sqlite import SQLiteStore
 from providers.common import digest, qemu_img
 from providers.libvirt import domxml, volxml
 from tests.servers.libvirtd import LibvirtEnv, remove_domain, session_env
+from tests.servers.nginx import NginxDav
 from tests.servers.seaweedfs import SeaweedFS
 from virtrigaud import errors
 
@@ -292,6 +293,34 @@ def test_running_two_disk_vm_moves_through_s3(
     assert "move-app" in table and "Ready" in table
     described = _cli(tmp_path, "describe", "vmmigration", "move-app")
     assert "MigrationCompleted" in described
+
+
+def test_running_two_disk_vm_moves_through_http_webdav(
+    env: LibvirtEnv, source: Source, nginx: NginxDav, tmp_path: Path
+) -> None:
+    base = f"{nginx.bearer_url.rstrip('/')}/e2e-{secrets.token_hex(3)}"
+    secret = {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "http-creds", "namespace": "default"},
+        "stringData": {"token": f"Bearer_{nginx.token}"},  # the reference's value style
+    }
+    storage = {
+        "type": "http",
+        "endpoint": base,
+        "credentialsSecretRef": {"name": "http-creds", "namespace": "default"},
+    }
+    proc = _run(tmp_path, _manifests(env, source, storage, [secret]))
+    out, err = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    migration = _assert_migrated(env, source, tmp_path)
+    assert all(d["intermediateStorageURL"].startswith(base) for d in migration["status"]["disks"])
+    cleaned = {c["type"]: c for c in migration["status"]["conditions"]}["CleanedUp"]
+    assert cleaned["status"] == "True", cleaned
+    for disk in migration["status"]["disks"]:  # deleted from the WebDAV server
+        key = disk["intermediateStorageURL"].removeprefix(nginx.bearer_url.rstrip("/") + "/")
+        assert nginx.path_of("bearer", key).parent.is_dir()  # the upload made it: path is right
+        assert not nginx.path_of("bearer", key).exists()
 
 
 def test_killed_run_resumes_without_redoing_finished_disks(
