@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from manager.migration import naming, planner
+from manager.migration import planner
 from manager.migration.gather import World
 from manager.migration.model import (
     Action,
@@ -28,6 +28,7 @@ from manager.migration.model import (
 )
 from manager.providerclient import ProviderClient
 from virtrigaud import errors
+from virtrigaud.formats import FORMAT_VALUES
 from virtrigaud.logging import get_logger
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
@@ -35,7 +36,7 @@ log = get_logger("virtrigaud.migration")
 
 
 def _format(name: str | None) -> pb.DiskFormat:
-    return naming.FORMAT_VALUES.get(name or "", pb.DISK_FORMAT_UNSPECIFIED)  # type: ignore[return-value]
+    return FORMAT_VALUES.get(name or "", pb.DISK_FORMAT_UNSPECIFIED)
 
 
 def _export(world: World, action: ExportDisk) -> pb.Task | RpcFailure:

@@ -27,17 +27,9 @@ from urllib.parse import quote
 
 from manager.api import DiskFormat, MigrationStorage, StorageType, VMMigration
 from storage.keys import derive_key, disk_slug, join_key
+from virtrigaud.formats import FORMAT_NAMES
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
-FORMAT_NAMES: dict[int, str] = {
-    pb.DISK_FORMAT_QCOW2: "qcow2",
-    pb.DISK_FORMAT_VMDK: "vmdk",
-    pb.DISK_FORMAT_RAW: "raw",
-    pb.DISK_FORMAT_VDI: "vdi",
-    pb.DISK_FORMAT_VHDX: "vhdx",
-    pb.DISK_FORMAT_VPC: "vpc",
-}
-FORMAT_VALUES: dict[str, int] = {name: value for value, name in FORMAT_NAMES.items()}
 BACKENDS: dict[StorageType, int] = {
     StorageType.S3: pb.STORAGE_BACKEND_S3,
     StorageType.HTTP: pb.STORAGE_BACKEND_HTTP,
@@ -57,7 +49,7 @@ def op_id(migration: VMMigration, attempt: int | str, step: str, target: str) ->
 
 def format_name(value: int) -> str | None:
     """Contract DiskFormat -> name; None for UNSPECIFIED."""
-    return FORMAT_NAMES.get(value)
+    return FORMAT_NAMES.get(value)  # type: ignore[call-overload,no-any-return]
 
 
 def api_format(name: str | None) -> DiskFormat | None:

@@ -31,20 +31,12 @@ from storage.base import Backend
 from storage.keys import validate_key
 from storage.netguard import AllowList
 from virtrigaud import errors
+from virtrigaud.formats import FORMAT_NAMES, FORMAT_VALUES
 from virtrigaud.logging import get_logger
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 log = get_logger("virtrigaud.transfer")
 
-FORMAT_NAMES: dict[pb.DiskFormat, str] = {
-    pb.DISK_FORMAT_QCOW2: "qcow2",
-    pb.DISK_FORMAT_VMDK: "vmdk",
-    pb.DISK_FORMAT_RAW: "raw",
-    pb.DISK_FORMAT_VDI: "vdi",
-    pb.DISK_FORMAT_VHDX: "vhdx",
-    pb.DISK_FORMAT_VPC: "vpc",
-}
-FORMAT_VALUES = {name: value for value, name in FORMAT_NAMES.items()}
 _BACKEND_NAMES = {
     pb.STORAGE_BACKEND_S3: "s3",
     pb.STORAGE_BACKEND_HTTP: "http",

@@ -40,20 +40,12 @@ from providers.libvirt.model import DiskInfo, NicInfo, SnapshotInfo, VmInfo
 from providers.runtime.driver import ProviderConfig, ProviderDriver
 from providers.runtime.tasks import TaskContext
 from virtrigaud import __version__, errors
+from virtrigaud.formats import FORMAT_NAMES, FORMAT_VALUES
 from virtrigaud.logging import get_logger
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 log = get_logger("virtrigaud.libvirt")
 
-FORMATS = {
-    "qcow2": pb.DISK_FORMAT_QCOW2,
-    "raw": pb.DISK_FORMAT_RAW,
-    "vmdk": pb.DISK_FORMAT_VMDK,
-    "vdi": pb.DISK_FORMAT_VDI,
-    "vhdx": pb.DISK_FORMAT_VHDX,
-    "vpc": pb.DISK_FORMAT_VPC,
-}
-FORMAT_NAMES = {v: k for k, v in FORMATS.items()}
 POWER = {"on": pb.POWER_STATE_ON, "off": pb.POWER_STATE_OFF, "suspended": pb.POWER_STATE_SUSPENDED}
 ACTIONS = {
     pb.POWER_ACTION_ON: "on",
@@ -105,7 +97,7 @@ def disk_message(disk: DiskInfo) -> pb.Disk:
     return pb.Disk(
         id=disk.id,
         path=disk.path,
-        format=FORMATS.get(disk.format, pb.DISK_FORMAT_UNSPECIFIED),
+        format=FORMAT_VALUES.get(disk.format, pb.DISK_FORMAT_UNSPECIFIED),
         virtual_size_bytes=disk.virtual_size,
         allocated_size_bytes=disk.allocated_size,
         bus=disk.bus,

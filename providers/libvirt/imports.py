@@ -60,6 +60,7 @@ from providers.libvirt.client import LibvirtClient, PoolRecord
 from providers.libvirt.exports import ScratchSettings
 from providers.runtime.tasks import TaskContext
 from virtrigaud import errors
+from virtrigaud.formats import FORMAT_VALUES
 from virtrigaud.logging import get_logger
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
@@ -211,7 +212,7 @@ def _already_imported(
     return pb.ImportResult(
         disk_id=f"{pool}/{vol.name}",
         path=vol.path,
-        format=transfer.FORMAT_VALUES[fmt],
+        format=FORMAT_VALUES[fmt],
         size_bytes=vol.capacity,
         sha256=request.expected_sha256,
         content_sha256=content,
@@ -279,7 +280,7 @@ def _import(
     return pb.ImportResult(
         disk_id=f"{pool}/{name}",
         path=final.path,
-        format=transfer.FORMAT_VALUES[fmt],
+        format=FORMAT_VALUES[fmt],
         size_bytes=final.capacity,
         sha256=outcome.sha256,
         content_sha256=content,

@@ -21,6 +21,7 @@ from providers.runtime.tasks import TaskContext, TaskRegistry, TaskResult
 from tests.servers.nginx import NginxDav
 from tests.servers.seaweedfs import SeaweedFS
 from virtrigaud import errors
+from virtrigaud.formats import FORMAT_VALUES
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 from .helpers import BY_NAME, MIB, VARIANT_NAMES, ImageSet, pattern, write_raw
@@ -209,7 +210,7 @@ def test_every_format_pair_through_s3(  # noqa: PLR0917 - pytest fixtures
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     result = ok(
-        _export(images.path(source), variant.format, loc, transfer.FORMAT_VALUES[obj], scratch)
+        _export(images.path(source), variant.format, loc, FORMAT_VALUES[obj], scratch)
     ).export_result
     assert result.content_sha256 == images.reference
     dest = tmp_path / f"back.{variant.format}"
