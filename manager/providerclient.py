@@ -186,6 +186,9 @@ class ProviderClient:
     def delete_object(self, request: pb.DeleteObjectRequest) -> pb.Task:
         return self._call("DeleteObject", self._stub.DeleteObject, request, None)
 
+    def delete_disk(self, request: pb.DeleteDiskRequest) -> pb.Task:
+        return self._call("DeleteDisk", self._stub.DeleteDisk, request, None)
+
     def get_task(self, task_id: str) -> pb.Task:
         return self._call("GetTask", self._stub.GetTask, pb.GetTaskRequest(task_id=task_id), None)
 

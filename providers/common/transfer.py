@@ -163,6 +163,7 @@ def export_to_storage(
         sha256=outcome.sha256,
         content_sha256=outcome.content_sha256,
         virtual_size_bytes=outcome.virtual_size,
+        source_format=FORMAT_VALUES[src_format],
     )
 
 

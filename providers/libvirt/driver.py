@@ -307,6 +307,9 @@ class LibvirtDriver(ProviderDriver):
             allowed_hosts=self.storage_allowed_hosts,
         )
 
+    def delete_disk(self, request: pb.DeleteDiskRequest, ctx: TaskContext) -> None:
+        imports.delete_disk(self.client, request.disk_id, self._importing)
+
     def close(self) -> None:
         self.client.close()
 

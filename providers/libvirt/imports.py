@@ -55,7 +55,7 @@ from collections.abc import Iterable, Iterator
 from providers.common import qemu_img, transfer
 from providers.common.progress import StagedContext
 from providers.common.scratch import MIB, Scratch
-from providers.libvirt import names, placement, volfiles, volxml
+from providers.libvirt import domxml, names, placement, volfiles, volxml
 from providers.libvirt.client import LibvirtClient, PoolRecord
 from providers.libvirt.exports import ScratchSettings
 from providers.runtime.tasks import TaskContext
@@ -78,6 +78,10 @@ class InFlight:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._names: set[tuple[str, str]] = set()
+
+    def busy(self, pool: str, name: str) -> bool:
+        with self._lock:
+            return (pool, name) in self._names
 
     @contextlib.contextmanager
     def claim(self, pool: str, name: str) -> Iterator[None]:
@@ -285,3 +289,28 @@ def _import(
         sha256=outcome.sha256,
         content_sha256=content,
     )
+
+
+def delete_disk(client: LibvirtClient, disk_id: str, in_flight: InFlight) -> None:
+    """DeleteDisk: remove an imported volume (``pool/volume``) that no domain uses.
+
+    A volume that is gone already is success. A volume that is still being imported in
+    this provider, or that is a disk (or a backing file) of any defined domain, is
+    refused with FailedPrecondition: deleting it would destroy a VM's data.
+    """
+    ref = names.parse_volume_ref(disk_id, "disk_id")
+    if in_flight.busy(ref.pool, ref.name):
+        raise errors.FailedPrecondition(f"volume {ref} is being imported; cancel that first")
+    vol = client.find_volume(ref.pool, ref.name)
+    if vol is None:
+        log.info("disk_already_gone", disk_id=str(ref))
+        return
+    for record in client.list_domains():
+        for disk in domxml.parse_domain(record.xml).disks:
+            if vol.path in (disk.path, *disk.backing):
+                raise errors.FailedPrecondition(
+                    f"volume {ref} is attached to VM {record.name!r} ({record.uuid}); "
+                    "delete the VM or detach the disk first"
+                )
+    client.delete_volume(vol.key or vol.path)
+    log.info("disk_deleted", disk_id=str(ref))

@@ -100,5 +100,8 @@ class ProviderDriver(abc.ABC):
 
         transfer.delete_object(request.location, self.storage_allowed_hosts)
 
+    def delete_disk(self, request: pb.DeleteDiskRequest, ctx: TaskContext) -> None:
+        raise errors.Unsupported(f"{self.provider_type}: DeleteDisk is not implemented")
+
     def close(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release hypervisor connections (called once at shutdown)."""

@@ -104,5 +104,9 @@ def delete_object(request: pb.DeleteObjectRequest) -> None:
     _check_location(request.location, "location")
 
 
+def delete_disk(request: pb.DeleteDiskRequest) -> None:
+    _require(request.disk_id, "disk_id")
+
+
 def task_id(value: str) -> None:
     _require(value, "task_id")

@@ -214,6 +214,16 @@ class ProviderServicer(pb_grpc.ProviderServicer):
         )
 
     @rpc
+    def DeleteDisk(self, request: pb.DeleteDiskRequest, context: Any) -> Any:
+        checks.delete_disk(request)
+        return self._submit(
+            pb.TASK_KIND_DELETE_DISK,
+            request,
+            lambda ctx: self.driver.delete_disk(request, ctx),
+            disk_id=request.disk_id,
+        )
+
+    @rpc
     def GetTask(self, request: pb.GetTaskRequest, context: Any) -> Any:
         checks.task_id(request.task_id)
         return self.registry.get(request.task_id)

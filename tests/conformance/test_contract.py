@@ -390,3 +390,74 @@ def test_delete_object_removes_an_export_and_is_idempotent(target: ConformanceTa
             ),
         )
         assert not target.object_exists(url)
+
+
+@contract("ExportDisk", "GetTask", "DescribeVM")
+def test_export_reports_the_format_it_read(target: ConformanceTarget) -> None:
+    disk = _first_disk(target)
+    exported = _export(target, disk.id, f"fmt-{uuid.uuid4().hex[:6]}.img")
+    assert exported.export_result.source_format == disk.format
+
+
+def _import_exported(target: ConformanceTarget, result: pb.ExportResult, name: str) -> pb.Task:
+    request = pb.ImportDiskRequest(
+        operation_id=_op("import"),
+        source=_stored(target, result.url),
+        expected_sha256=result.sha256,
+        source_format=result.format,
+        storage_hint=target.storage_hint,
+        target_volume_name=name,
+    )
+    return _finish(target, target.client.import_disk(request))
+
+
+@contract("ExportDisk", "ImportDisk", "DeleteDisk", "CreateVM", "DeleteVM", "GetTask", "DescribeVM")
+def test_delete_disk_removes_an_unattached_import_only(target: ConformanceTarget) -> None:
+    exported = _export(target, _first_disk(target).id, f"dd-{uuid.uuid4().hex[:6]}.img")
+    name = f"vr-dd-{uuid.uuid4().hex[:6]}"
+    imported = _import_exported(target, exported.export_result, name).import_result
+
+    def delete_disk(label: str) -> pb.Task:
+        return target.client.delete_disk(
+            pb.DeleteDiskRequest(operation_id=_op(label), disk_id=imported.disk_id)
+        )
+
+    created = _finish(
+        target,
+        target.client.create_vm(
+            pb.CreateVMRequest(
+                operation_id=_op("create"),
+                name=f"vr-dd-vm-{uuid.uuid4().hex[:6]}",
+                cpu=1,
+                memory_mib=128,
+                storage_hint=target.storage_hint,
+                disks=[
+                    pb.DiskSpec(
+                        imported=pb.ImportedDisk(
+                            disk_id=imported.disk_id,
+                            path=imported.path,
+                            format=imported.format,
+                            size_bytes=imported.size_bytes,
+                        )
+                    )
+                ],
+            )
+        ),
+    )
+    vm_id = created.create_vm_result.vm_id
+    # Attached to a VM: refused, and the VM keeps its disk.
+    error = _error_of(lambda: delete_disk("attached"), target)
+    assert isinstance(error, errors.FailedPrecondition)
+    assert len(target.client.describe_vm(vm_id).disks) == 1
+    _finish(
+        target,
+        target.client.delete_vm(
+            pb.DeleteVMRequest(operation_id=_op("delete-vm"), vm_id=vm_id, delete_disks=False)
+        ),
+    )
+    _finish(target, delete_disk("first"))
+    _finish(target, delete_disk("again"))  # gone already: success
+    # The name is free again: importing it anew succeeds instead of AlreadyExists.
+    again = _import_exported(target, exported.export_result, name).import_result
+    assert again.disk_id == imported.disk_id
+    _finish(target, delete_disk("cleanup"))

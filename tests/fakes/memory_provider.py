@@ -275,6 +275,7 @@ class MemoryProvider(ProviderDriver):
             size_bytes=size,
             sha256=sha,
             virtual_size_bytes=size,
+            source_format=disk.format,
         )
 
     def import_disk(self, request: pb.ImportDiskRequest, ctx: TaskContext) -> pb.ImportResult:
@@ -304,3 +305,15 @@ class MemoryProvider(ProviderDriver):
             size_bytes=dst.stat().st_size,
             sha256=sha,
         )
+
+    def delete_disk(self, request: pb.DeleteDiskRequest, ctx: TaskContext) -> None:
+        path = self.volumes.get(request.disk_id)
+        if path is None:
+            return  # gone already: success
+        for vm in self.vms.values():
+            if any(disk.path == str(path) for disk in vm.disks):
+                raise errors.FailedPrecondition(
+                    f"disk {request.disk_id!r} is attached to VM {vm.name!r}"
+                )
+        path.unlink(missing_ok=True)
+        del self.volumes[request.disk_id]

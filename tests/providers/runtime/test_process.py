@@ -192,6 +192,8 @@ def test_grpcurl_calls_every_method(provider_process: ProviderProcess, tmp_path:
     called.add("DeleteSnapshot")
     wait(call("DeleteVM", {"operationId": "x1", "vmId": new_vm}))
     called.add("DeleteVM")
+    wait(call("DeleteDisk", {"operationId": "dd1", "diskId": disk_id}))
+    called.add("DeleteDisk")
     assert called == {m.name for m in pb.DESCRIPTOR.services_by_name["Provider"].methods}
 
 

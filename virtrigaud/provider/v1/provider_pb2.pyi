@@ -87,6 +87,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_EXPORT_DISK: _ClassVar[TaskKind]
     TASK_KIND_IMPORT_DISK: _ClassVar[TaskKind]
     TASK_KIND_DELETE_OBJECT: _ClassVar[TaskKind]
+    TASK_KIND_DELETE_DISK: _ClassVar[TaskKind]
 
 class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -156,6 +157,7 @@ TASK_KIND_DELETE_SNAPSHOT: TaskKind
 TASK_KIND_EXPORT_DISK: TaskKind
 TASK_KIND_IMPORT_DISK: TaskKind
 TASK_KIND_DELETE_OBJECT: TaskKind
+TASK_KIND_DELETE_DISK: TaskKind
 ERROR_CODE_UNSPECIFIED: ErrorCode
 ERROR_CODE_INVALID_ARGUMENT: ErrorCode
 ERROR_CODE_NOT_FOUND: ErrorCode
@@ -502,20 +504,22 @@ class ExportDiskRequest(_message.Message):
     def __init__(self, operation_id: _Optional[str] = ..., vm_id: _Optional[str] = ..., disk_id: _Optional[str] = ..., snapshot_id: _Optional[str] = ..., destination: _Optional[_Union[StorageLocation, _Mapping]] = ..., target_format: _Optional[_Union[DiskFormat, str]] = ..., compress: _Optional[bool] = ...) -> None: ...
 
 class ExportResult(_message.Message):
-    __slots__ = ("url", "format", "size_bytes", "sha256", "content_sha256", "virtual_size_bytes")
+    __slots__ = ("url", "format", "size_bytes", "sha256", "content_sha256", "virtual_size_bytes", "source_format")
     URL_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SHA256_FIELD_NUMBER: _ClassVar[int]
     VIRTUAL_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FORMAT_FIELD_NUMBER: _ClassVar[int]
     url: str
     format: DiskFormat
     size_bytes: int
     sha256: str
     content_sha256: str
     virtual_size_bytes: int
-    def __init__(self, url: _Optional[str] = ..., format: _Optional[_Union[DiskFormat, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., content_sha256: _Optional[str] = ..., virtual_size_bytes: _Optional[int] = ...) -> None: ...
+    source_format: DiskFormat
+    def __init__(self, url: _Optional[str] = ..., format: _Optional[_Union[DiskFormat, str]] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., content_sha256: _Optional[str] = ..., virtual_size_bytes: _Optional[int] = ..., source_format: _Optional[_Union[DiskFormat, str]] = ...) -> None: ...
 
 class ImportDiskRequest(_message.Message):
     __slots__ = ("operation_id", "source", "expected_sha256", "source_format", "target_format", "storage_hint", "target_volume_name", "expected_content_sha256")
@@ -544,6 +548,14 @@ class DeleteObjectRequest(_message.Message):
     operation_id: str
     location: StorageLocation
     def __init__(self, operation_id: _Optional[str] = ..., location: _Optional[_Union[StorageLocation, _Mapping]] = ...) -> None: ...
+
+class DeleteDiskRequest(_message.Message):
+    __slots__ = ("operation_id", "disk_id")
+    OPERATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DISK_ID_FIELD_NUMBER: _ClassVar[int]
+    operation_id: str
+    disk_id: str
+    def __init__(self, operation_id: _Optional[str] = ..., disk_id: _Optional[str] = ...) -> None: ...
 
 class ImportResult(_message.Message):
     __slots__ = ("disk_id", "path", "format", "size_bytes", "sha256", "content_sha256")

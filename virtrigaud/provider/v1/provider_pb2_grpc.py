@@ -94,6 +94,11 @@ class ProviderStub:
                 request_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteObjectRequest.SerializeToString,
                 response_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
                 _registered_method=True)
+        self.DeleteDisk = channel.unary_unary(
+                '/virtrigaud.provider.v1.Provider/DeleteDisk',
+                request_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteDiskRequest.SerializeToString,
+                response_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/virtrigaud.provider.v1.Provider/GetTask',
                 request_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.GetTaskRequest.SerializeToString,
@@ -200,6 +205,15 @@ class ProviderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DeleteDisk(self, request, context):
+        """Removes a disk that ImportDisk created (ImportResult.disk_id), e.g. when the
+        migration that imported it is deleted before its VM exists. Deleting a disk that
+        does not exist succeeds; a disk attached to a VM is refused (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
         """Current state of a task (NOT_FOUND if unknown, e.g. the provider restarted).
         """
@@ -283,6 +297,11 @@ def add_ProviderServicer_to_server(servicer, server):
             'DeleteObject': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteObject,
                     request_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteObjectRequest.FromString,
+                    response_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.SerializeToString,
+            ),
+            'DeleteDisk': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDisk,
+                    request_deserializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteDiskRequest.FromString,
                     response_serializer=virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
@@ -624,6 +643,33 @@ class Provider:
             target,
             '/virtrigaud.provider.v1.Provider/DeleteObject',
             virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteObjectRequest.SerializeToString,
+            virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDisk(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/virtrigaud.provider.v1.Provider/DeleteDisk',
+            virtrigaud_dot_provider_dot_v1_dot_provider__pb2.DeleteDiskRequest.SerializeToString,
             virtrigaud_dot_provider_dot_v1_dot_provider__pb2.Task.FromString,
             options,
             channel_credentials,

@@ -78,6 +78,11 @@ class ProviderStub:
     """Removes an object (and any unfinished upload of it) from intermediate storage.
     Deleting an object that does not exist succeeds.
     """
+    DeleteDisk: _grpc.UnaryUnaryMultiCallable[_provider_pb2.DeleteDiskRequest, _provider_pb2.Task]
+    """Removes a disk that ImportDisk created (ImportResult.disk_id), e.g. when the
+    migration that imported it is deleted before its VM exists. Deleting a disk that
+    does not exist succeeds; a disk attached to a VM is refused (FAILED_PRECONDITION).
+    """
     GetTask: _grpc.UnaryUnaryMultiCallable[_provider_pb2.GetTaskRequest, _provider_pb2.Task]
     """Current state of a task (NOT_FOUND if unknown, e.g. the provider restarted)."""
     WatchTask: _grpc.UnaryStreamMultiCallable[_provider_pb2.WatchTaskRequest, _provider_pb2.Task]
@@ -117,6 +122,11 @@ class ProviderAsyncStub(ProviderStub):
     DeleteObject: _aio.UnaryUnaryMultiCallable[_provider_pb2.DeleteObjectRequest, _provider_pb2.Task]  # type: ignore[assignment]
     """Removes an object (and any unfinished upload of it) from intermediate storage.
     Deleting an object that does not exist succeeds.
+    """
+    DeleteDisk: _aio.UnaryUnaryMultiCallable[_provider_pb2.DeleteDiskRequest, _provider_pb2.Task]  # type: ignore[assignment]
+    """Removes a disk that ImportDisk created (ImportResult.disk_id), e.g. when the
+    migration that imported it is deleted before its VM exists. Deleting a disk that
+    does not exist succeeds; a disk attached to a VM is refused (FAILED_PRECONDITION).
     """
     GetTask: _aio.UnaryUnaryMultiCallable[_provider_pb2.GetTaskRequest, _provider_pb2.Task]  # type: ignore[assignment]
     """Current state of a task (NOT_FOUND if unknown, e.g. the provider restarted)."""
@@ -226,6 +236,17 @@ class ProviderServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_provider_pb2.Task, _abc.Awaitable[_provider_pb2.Task]]:
         """Removes an object (and any unfinished upload of it) from intermediate storage.
         Deleting an object that does not exist succeeds.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteDisk(
+        self,
+        request: _provider_pb2.DeleteDiskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_provider_pb2.Task, _abc.Awaitable[_provider_pb2.Task]]:
+        """Removes a disk that ImportDisk created (ImportResult.disk_id), e.g. when the
+        migration that imported it is deleted before its VM exists. Deleting a disk that
+        does not exist succeeds; a disk attached to a VM is refused (FAILED_PRECONDITION).
         """
 
     @_abc_1.abstractmethod
