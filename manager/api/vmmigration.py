@@ -175,6 +175,7 @@ class DiskMigrationStatus:
     content_checksum: str | None = None
     intermediate_storage_url: Annotated[str | None, JsonField(key="intermediateStorageURL")] = None
     imported_disk_id: str | None = None
+    source_format: str | None = None
     format: DiskFormat | None = None
     size_bytes: NonNegative | None = None
     attempt: NonNegative | None = None

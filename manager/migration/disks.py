@@ -222,6 +222,7 @@ def _exported(disk: DiskMigrationStatus, result: pb.ExportResult) -> None:
     disk.total_bytes = result.size_bytes
     disk.bytes_transferred = result.size_bytes
     disk.size_bytes = result.virtual_size_bytes or disk.size_bytes
+    disk.source_format = naming.format_name(result.source_format) or None
     disk.message = f"exported ({result.size_bytes} bytes)"
 
 

@@ -87,8 +87,12 @@ def converted_condition(
     vm: pb.VM, disks: Sequence[DiskMigrationStatus], imported: bool
 ) -> tuple[bool, str, str]:
     """(status, reason, message) of the Converted condition."""
+    # The format the export read wins over DescribeVM's, which during the migration
+    # snapshot may describe the snapshot's overlay (a qcow2 on top of a raw disk).
     fmt = {d.id: naming.format_name(d.format) or "unknown" for d in vm.disks}
-    plans = [(disk, fmt.get(disk.id or disk.name, "unknown")) for disk in disks]
+    plans = [
+        (disk, disk.source_format or fmt.get(disk.id or disk.name, "unknown")) for disk in disks
+    ]
     on_target = [
         (
             d.name,

@@ -363,3 +363,22 @@ def test_failed_is_terminal() -> None:
     plan = d.step(obs, advance=timedelta(hours=1).total_seconds())
     assert plan.actions == [] and plan.events == [] and plan.requeue_after is None
     assert d.status.disks[0].phase is DiskPhase.FAILED
+
+
+def test_converted_uses_the_format_the_export_read_not_the_snapshot_overlay() -> None:
+    """While the migration snapshot exists, DescribeVM shows the qcow2 overlay on top of
+    the raw disk; the export reports what it really read (raw), and that is what counts."""
+    d, obs = flows.exporting()
+    during_snapshot = dataclasses.replace(obs, source_vm=vm(flows.THREE, fmt=pb.DISK_FORMAT_QCOW2))
+    tasks: dict[str, TaskView] = {}
+    for ref, disk in zip(d.export_refs(), d.status.disks, strict=True):
+        done = exported(ref, disk.size_bytes or 0)
+        done.export_result.source_format = pb.DISK_FORMAT_RAW
+        tasks[ref] = done
+    d.step(during_snapshot, tasks)
+    assert [disk.source_format for disk in d.status.disks] == ["raw", "raw", "raw"]
+    assert cond(d.status, "Converted") == (
+        "True",
+        "NoConversionNeeded",
+        "disks are raw on the source and on the target",
+    )
