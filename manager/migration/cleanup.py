@@ -18,8 +18,11 @@ not been done yet) and a half-created target VirtualMachine (ours, migration not
 is deleted and awaited; then the finalizer is removed. While anything fails the
 finalizer stays (event CleanupFailed; each delete is re-submitted in the next
 ``cleanup_retry_seconds`` round); the annotation ``virtrigaud.io/force-delete: "true"``
-removes it at once. Not covered: a disk imported on the target but not yet attached to
-a VM (the contract has no call to delete a volume) is reported, not deleted.
+removes it at once. Disks imported on the target for a migration that never became
+Ready are deleted through the target provider's DeleteDisk once no target VM of ours
+exists any more (deleting the half-created VM with its disks usually removed them
+already; a disk that is gone counts as done, one attached to some other VM is refused
+and reported, and the finalizer stays until it is resolved or forced).
 
 Deletes are probes (see ``model``): re-submitting the same operation id re-reads the
 task, a NOT_FOUND (already gone) counts as done.
@@ -38,6 +41,7 @@ from manager.migration.context import TERMINAL_TASK_STATES, Pass
 from manager.migration.model import (
     FINALIZER,
     FORCE_DELETE_ANNOTATION,
+    DeleteImportedDisk,
     DeleteObject,
     DeleteSnapshot,
     DeleteSourceObject,
@@ -187,7 +191,23 @@ def finalize_probes(
         snapshots=not ready
         or (not cleaned and policy.delete_snapshot and not policy.delete_source),
     )
+    if not ready and status is not None and not _our_target_exists(migration, obs):
+        out += [
+            DeleteImportedDisk(
+                naming.op_id(migration, f"finalize-r{rnd}", "delete-disk", d.name),
+                d.name,
+                d.imported_disk_id,
+            )
+            for d in status.disks
+            if d.imported_disk_id
+        ]
     return out
+
+
+def _our_target_exists(migration: VMMigration, obs: Observations) -> bool:
+    """A target VirtualMachine of this migration still exists (its disks are in use)."""
+    found = obs.target_object
+    return found is not None and target.is_ours(migration, found)
 
 
 @dataclass
@@ -204,6 +224,8 @@ def _describe(item: Probe) -> str:
         return f"snapshot {item.snapshot_id}"
     if isinstance(item, DeleteSourceVM):
         return f"source VM {item.vm_id} (with its disks and snapshots)"
+    if isinstance(item, DeleteImportedDisk):
+        return f"imported disk {item.disk_id} on the target"
     return f"snapshot operation {item.op_id}"
 
 
@@ -323,22 +345,7 @@ def finalize(p: Pass) -> None:
         p.status.message = "Deleting: waiting for " + ", ".join(what)
         p.poll()
     else:
-        leftovers = _imported_leftovers(p)
-        message = (
-            "deleted " + ", ".join(result.done) if result.done else "nothing to delete"
-        ) + leftovers
+        message = "deleted " + ", ".join(result.done) if result.done else "nothing to delete"
         p.status.message = message
-        p.event("CleanupCompleted", message, warning=bool(leftovers))
+        p.event("CleanupCompleted", message)
         p.act(RemoveFinalizer())
-
-
-def _imported_leftovers(p: Pass) -> str:
-    if p.old.phase is MigrationPhase.READY:
-        return ""
-    ids = [d.imported_disk_id for d in p.status.disks if d.imported_disk_id]
-    if not ids:
-        return ""
-    return (
-        "; imported disks may remain on the target provider (the contract has no call to "
-        f"delete a volume): {', '.join(ids)}"
-    )

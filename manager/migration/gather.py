@@ -17,6 +17,7 @@ from manager.connections import ProviderConnections
 from manager.migration import naming, planner
 from manager.migration.model import (
     CreateSnapshot,
+    DeleteImportedDisk,
     DeleteObject,
     DeleteSnapshot,
     DeleteSourceVM,
@@ -193,11 +194,17 @@ class World:
     # -- probes -------------------------------------------------------------------------
 
     def run_probes(self, probes: Sequence[Probe]) -> dict[str, pb.Task | RpcFailure]:
-        return {probe.op_id: self.call("source", _submitter(self, probe)) for probe in probes}
+        return {probe.op_id: self.call(_side(probe), _submitter(self, probe)) for probe in probes}
 
 
 def _get_task(task_id: str) -> Callable[[ProviderClient], pb.Task]:
     return lambda client: client.get_task(task_id)
+
+
+def _side(probe: Probe) -> Side:
+    """The provider a probe goes to: imported disks live on the target, all else on
+    the source (objects are deleted by the provider that wrote them)."""
+    return "target" if isinstance(probe, DeleteImportedDisk) else "source"
 
 
 def _submitter(world: World, probe: Probe) -> Callable[[ProviderClient], pb.Task]:
@@ -230,6 +237,10 @@ def _submitter(world: World, probe: Probe) -> Callable[[ProviderClient], pb.Task
                 operation_id=probe.op_id, vm_id=probe.vm_id, snapshot_id=probe.snapshot_id
             )
             return client.delete_snapshot(request)
+        if isinstance(probe, DeleteImportedDisk):
+            return client.delete_disk(
+                pb.DeleteDiskRequest(operation_id=probe.op_id, disk_id=probe.disk_id)
+            )
         assert isinstance(probe, DeleteSourceVM)
         request = pb.DeleteVMRequest(operation_id=probe.op_id, vm_id=probe.vm_id, delete_disks=True)
         return client.delete_vm(request)

@@ -205,6 +205,15 @@ class DeleteSnapshot:
 
 
 @dataclass(frozen=True)
+class DeleteImportedDisk:
+    """DeleteDisk on the target provider: a disk this migration imported."""
+
+    op_id: str
+    disk: str
+    disk_id: str
+
+
+@dataclass(frozen=True)
 class DeleteSourceVM:
     op_id: str
     vm_id: str
@@ -228,7 +237,14 @@ class CancelTask:
     task_id: str
 
 
-Probe = PowerOffSource | CreateSnapshot | DeleteObject | DeleteSnapshot | DeleteSourceVM
+Probe = (
+    PowerOffSource
+    | CreateSnapshot
+    | DeleteObject
+    | DeleteSnapshot
+    | DeleteSourceVM
+    | DeleteImportedDisk
+)
 Action = (
     AddFinalizer
     | RemoveFinalizer

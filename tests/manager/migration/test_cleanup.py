@@ -21,6 +21,7 @@ from manager.migration import planner
 from manager.migration.model import (
     FORCE_DELETE_ANNOTATION,
     CancelTask,
+    DeleteImportedDisk,
     DeleteObject,
     DeleteSnapshot,
     DeleteSourceObject,
@@ -99,6 +100,7 @@ def _names(probes: list[object]) -> list[str]:
             DeleteObject: lambda p: p.disk,
             DeleteSnapshot: lambda p: p.snapshot_id,
             DeleteSourceVM: lambda p: p.vm_id,
+            DeleteImportedDisk: lambda p: p.disk_id,
         }[type(probe)](probe)
         out.append(f"{type(probe).__name__}:{detail}")
     return out
@@ -252,7 +254,35 @@ def test_deleting_removes_a_half_created_target_vm_and_waits_for_it() -> None:
     target.metadata.deletion_timestamp = NOW
     plan = d.step(obs, probes=done)
     assert plan.actions == []  # waiting for it to go
-    plan = d.step(_obs(target_object=None), probes=done)
+    gone = _obs(target_object=None)
+    probes = planner.probes(d.mig, gone, d.now)
+    # Only now, with no VM of ours using them, the imported disks are deleted too.
+    assert _names(probes)[-2:] == ["DeleteImportedDisk:pool/vda", "DeleteImportedDisk:pool/vdb"]  # type: ignore[arg-type]
+    done = {p.op_id: task("t", pb.TASK_STATE_SUCCEEDED) for p in probes}
+    plan = d.step(gone, probes=done)
+    assert plan.actions == [RemoveFinalizer()]
+    assert "imported disk pool/vda on the target" in (d.status.message or "")
+
+
+def test_deleting_before_the_vm_exists_deletes_imported_disks_on_the_target() -> None:
+    d = _deleting(MigrationPhase.IMPORTING, DiskPhase.IMPORTED)
+    obs = _obs(target_object=None)
+    probes = planner.probes(d.mig, obs, d.now)
+    disks = [p for p in probes if isinstance(p, DeleteImportedDisk)]
+    assert [(p.op_id, p.disk_id) for p in disks] == [
+        (f"{UID}/finalize-r0/delete-disk/vda", "pool/vda"),
+        (f"{UID}/finalize-r0/delete-disk/vdb", "pool/vdb"),
+    ]
+    # A disk some other VM uses is refused: reported, the finalizer stays.
+    answers = {p.op_id: task("t", pb.TASK_STATE_SUCCEEDED) for p in probes}
+    answers[disks[1].op_id] = failed(
+        "t", pb.ERROR_CODE_FAILED_PRECONDITION, "volume pool/vdb is attached to VM 'x'", False
+    )
+    plan = d.step(obs, probes=answers)
+    assert RemoveFinalizer() not in plan.actions
+    assert "imported disk pool/vdb on the target: " in (d.status.message or "")
+    answers[disks[1].op_id] = task("t", pb.TASK_STATE_SUCCEEDED)
+    plan = d.step(obs, probes=answers)
     assert plan.actions == [RemoveFinalizer()]
 
 

@@ -229,6 +229,37 @@ def test_deleting_a_migration_mid_flight_leaves_nothing_behind(tmp_path: Path) -
         world.close()
 
 
+def test_deleting_after_an_import_removes_the_imported_disk_on_the_target(tmp_path: Path) -> None:
+    world = Harness(tmp_path, {"vda": b"\x03" * MiB, "vdb": b"\x04" * (16 * MiB)})
+    world.target.chunk_delay = 0.1  # vdb's import takes a while; vda's is done at once
+    try:
+        key = world.migrate()
+
+        def vda_imported_vdb_importing(obj: Obj | None) -> bool:
+            disks = {d["name"]: d for d in _disks(obj)}
+            vda, vdb = disks.get("vda", {}), disks.get("vdb", {})
+            return (
+                vda.get("phase") == "Imported"
+                and bool(vdb.get("importTaskRef"))
+                and vdb.get("phase") != "Imported"
+            )
+
+        world.drive(key, vda_imported_vdb_importing)
+        (vda_id,) = list(world.target.volumes)
+        world.store.delete("VMMigration", "default", "mig")
+        world.drive(key, lambda obj: obj is None)
+        assert world.target.volumes == {} and world.target.vms == {}
+        assert world.nfs_files() == []
+        completed = [
+            e.message
+            for e in world.store.events_for("VMMigration", "default", "mig")
+            if e.reason == "CleanupCompleted"
+        ]
+        assert completed and f"imported disk {vda_id} on the target" in completed[0]
+    finally:
+        world.close()
+
+
 def test_providers_without_content_digests_verify_the_transport_digest(tmp_path: Path) -> None:
     world = Harness(tmp_path, {"vda": VDA}, content=False)
     try:
