@@ -89,6 +89,7 @@ class ProviderCapabilities:
         default_factory=list
     )
     features: Annotated[list[str], JsonField(unique=True)] = dataclasses.field(default_factory=list)
+    max_concurrent_tasks: NonNegative | None = None
 
 
 @dataclasses.dataclass(kw_only=True, slots=True)

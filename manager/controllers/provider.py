@@ -81,6 +81,7 @@ def capabilities_of(caps: pb.Capabilities) -> ProviderCapabilities:
             )
         ),
         features=list(dict.fromkeys(FEATURES[f] for f in caps.features if f in FEATURES)),
+        max_concurrent_tasks=caps.max_concurrent_tasks or None,
     )
 
 

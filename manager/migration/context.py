@@ -134,6 +134,36 @@ class Pass:
     def wait(self) -> None:
         self.requeue(self.settings.wait_seconds)
 
+    # -- per-Provider task slots -----------------------------------------------------
+
+    _IN_FLIGHT: tuple[tuple[Side, DiskPhase], ...] = (
+        ("source", DiskPhase.EXPORTING),
+        ("target", DiskPhase.IMPORTING),
+    )
+
+    def _own_tasks_on(self, provider: str) -> int:
+        """This migration's exports + imports in flight on ``provider`` (one Provider
+        can be both the source and the target)."""
+        count = 0
+        for side, phase in self._IN_FLIGHT:
+            slots = self.obs.slots.get(side)
+            if slots is not None and slots.provider == provider:
+                count += sum(1 for d in self.status.disks if d.phase is phase)
+        return count
+
+    def slot_wait(self, side: Side) -> str | None:
+        """None if a new export (source) / import (target) may start now, else why not."""
+        slots = self.obs.slots.get(side)
+        if slots is None or slots.limit <= 0:
+            return None
+        used = slots.others + self._own_tasks_on(slots.provider)
+        if used < slots.limit:
+            return None
+        return (
+            f"waiting for a free task slot on Provider {slots.provider} "
+            f"({used} of {slots.limit} exports/imports running)"
+        )
+
     def enter(self, phase: MigrationPhase, message: str | None = None) -> None:
         self.status.phase = phase
         if message is not None:

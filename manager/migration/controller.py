@@ -78,7 +78,7 @@ class VMMigrationReconciler:
         migration = VMMigration.from_dict(obj)
         now = self.clock()
         world = World(self.store, self.connections, migration)
-        obs = world.observe(planner.needs(migration))
+        obs = world.observe(planner.needs(migration), self.settings.max_tasks_per_provider)
         probes = planner.probes(migration, obs, now, self.settings)
         obs = obs.with_probes(world.run_probes(probes))
         plan = planner.plan(migration, obs, now, self.settings)

@@ -306,7 +306,11 @@ def advance(step: Pass) -> list[Failure]:
     for disk in step.status.disks:
         found: Failure | None = None
         if disk.phase is DiskPhase.PENDING and due:
-            submit_export(step, disk)
+            if (busy := step.slot_wait("source")) is None:
+                submit_export(step, disk)
+            else:
+                disk.message = busy
+                step.poll()
         elif disk.phase is DiskPhase.EXPORTING:
             found = poll_export(step, disk)
         elif disk.phase is DiskPhase.IMPORTING:
@@ -323,7 +327,11 @@ def start_imports(step: Pass) -> None:
         return
     for disk in step.status.disks:
         if disk.phase is DiskPhase.EXPORTED:
-            submit_import(step, disk)
+            if (busy := step.slot_wait("target")) is None:
+                submit_import(step, disk)
+            else:
+                disk.message = busy
+                step.poll()
 
 
 def data_phase(step: Pass) -> MigrationPhase:

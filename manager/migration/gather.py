@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from manager.api import Provider, VirtualMachine, VMMigration
+from manager.api import DiskPhase, Provider, VirtualMachine, VMMigration
 from manager.connections import ProviderConnections
 from manager.migration import naming, planner
 from manager.migration.model import (
@@ -28,6 +28,7 @@ from manager.migration.model import (
     Probe,
     RpcFailure,
     Side,
+    Slots,
     TaskLost,
     TaskView,
 )
@@ -105,11 +106,15 @@ class World:
             return False
         return True
 
-    def _others(self) -> tuple[OtherMigration, ...]:
+    def _all_others(self) -> list[VMMigration]:
+        uid = self.migration.metadata.uid
+        found = (VMMigration.from_dict(obj) for obj in self.store.list("VMMigration"))
+        return [m for m in found if m.metadata.uid != uid]
+
+    def _others(self, migrations: Sequence[VMMigration]) -> tuple[OtherMigration, ...]:
         spec, uid = self.migration.spec, self.migration.metadata.uid
         out: list[OtherMigration] = []
-        for obj in self.store.list("VMMigration"):
-            other = VMMigration.from_dict(obj)
+        for other in migrations:
             same = (other.spec.source_namespace, other.spec.source_name) == (
                 spec.source_namespace,
                 spec.source_name,
@@ -126,9 +131,52 @@ class World:
                 )
         return tuple(out)
 
+    def _provider_key(self, obj: Obj | None) -> str | None:
+        if obj is None:
+            return None
+        meta = obj.get("metadata") or {}
+        return f"{meta.get('namespace') or 'default'}/{meta.get('name')}"
+
+    def _source_provider_of(self, other: VMMigration, cache: dict[tuple[str, str], str]) -> str:
+        spec = other.spec
+        key = (spec.source_namespace, spec.source_name)
+        if key not in cache:
+            found = self._get("VirtualMachine", *key)
+            ref = VirtualMachine.from_dict(found).spec.provider_ref if found else None
+            cache[key] = f"{ref.namespace_or(spec.source_namespace)}/{ref.name}" if ref else ""
+        return cache[key]
+
+    def _slots(self, migrations: Sequence[VMMigration], cap: int) -> dict[Side, Slots]:
+        """Task slots of this migration's source and target Provider: the limit (the
+        smaller of ``cap`` and the provider's reported maxConcurrentTasks; 0 = none) and
+        the exports/imports other migrations have in flight on it."""
+        out: dict[Side, Slots] = {}
+        cache: dict[tuple[str, str], str] = {}
+        sides: tuple[Side, ...] = ("source", "target")
+        for side in sides:
+            key = self._provider_key(self.providers[side])
+            typed = self._typed_provider(side)
+            if key is None or typed is None:
+                continue
+            caps = typed.status.capabilities if typed.status else None
+            limits = [n for n in (cap, caps.max_concurrent_tasks if caps else None) if n]
+            if not limits:
+                continue
+            busy = 0
+            for other in migrations:
+                disks = other.status.disks if other.status else []
+                if self._source_provider_of(other, cache) == key:
+                    busy += sum(1 for d in disks if d.phase is DiskPhase.EXPORTING)
+                ref = other.spec.target_provider_ref
+                namespace = other.metadata.namespace or "default"
+                if f"{ref.namespace_or(namespace)}/{ref.name}" == key:
+                    busy += sum(1 for d in disks if d.phase is DiskPhase.IMPORTING)
+            out[side] = Slots(key, min(limits), busy)
+        return out
+
     # -- observations ------------------------------------------------------------------
 
-    def observe(self, needs: Needs) -> Observations:
+    def observe(self, needs: Needs, max_tasks_per_provider: int = 0) -> Observations:
         spec = self.migration.spec
         source = self._source()
         ref = spec.target_provider_ref
@@ -137,6 +185,7 @@ class World:
         target_object = VirtualMachine.from_dict(found) if found else None
         target_provider = self._typed_provider("target")
         source_vm = self._describe_source(source) if needs.source_vm else None
+        migrations = self._all_others()
         return Observations(
             source_object=source,
             source_provider=self._typed_provider("source"),
@@ -149,7 +198,8 @@ class World:
             target_object=target_object,
             target_vm=self._describe_target(target_object) if needs.target_vm else None,
             tasks=self._tasks(needs),
-            others=self._others(),
+            others=self._others(migrations),
+            slots=self._slots(migrations, max_tasks_per_provider),
         )
 
     def _typed_provider(self, side: Side) -> Provider | None:

@@ -91,6 +91,20 @@ class OtherMigration:
 
 
 @dataclass(frozen=True)
+class Slots:
+    """Data-task slots of one Provider (the bound on concurrent exports + imports).
+
+    ``limit`` 0 means unbounded. ``others`` counts the exports and imports other
+    migrations have in flight on the same Provider (this migration's own are counted
+    from its status by the planner).
+    """
+
+    provider: str  # namespace/name of the Provider
+    limit: int
+    others: int
+
+
+@dataclass(frozen=True)
 class Observations:
     """Everything one pass gathered. ``None`` means "not asked" or "not possible"."""
 
@@ -107,6 +121,7 @@ class Observations:
     tasks: Mapping[str, TaskView] = field(default_factory=dict)  # by task id
     probes: Mapping[str, pb.Task | RpcFailure] = field(default_factory=dict)  # by op id
     others: tuple[OtherMigration, ...] = ()
+    slots: Mapping[Side, Slots] = field(default_factory=dict)  # empty: unbounded
 
     def with_probes(self, probes: Mapping[str, pb.Task | RpcFailure]) -> Observations:
         return dataclasses.replace(self, probes=dict(probes))
@@ -282,6 +297,9 @@ class Settings:
     target_vm_timeout: float = 1800.0  # how long Creating waits for the target VM
     cleanup_retry_seconds: float = 60.0  # a failed cleanup delete is re-submitted after
     shutdown_timeout_seconds: int = 300  # graceful shutdown before forcing power off
+    # Bound on concurrent exports + imports per Provider across all migrations; the
+    # smaller of this (0: none) and the provider's reported maxConcurrentTasks applies.
+    max_tasks_per_provider: int = 0
 
 
 DEFAULT_SETTINGS = Settings()

@@ -46,6 +46,7 @@ def test_healthy_provider_records_capabilities_and_ready(
         "diskFormats": ["raw"],
         "storageBackends": ["nfs"],
         "features": ["Snapshots", "ImportedDisks", "ImageClone"],
+        "maxConcurrentTasks": 2,  # the served registry's worker count
     }
     assert status["lastHealthCheck"].endswith("Z")
     assert status["observedGeneration"] == 1

@@ -18,6 +18,7 @@ from manager.migration.model import (
     Observations,
     Plan,
     PowerOffSource,
+    Slots,
     TaskRef,
     TaskView,
 )
@@ -381,4 +382,43 @@ def test_converted_uses_the_format_the_export_read_not_the_snapshot_overlay() ->
         "True",
         "NoConversionNeeded",
         "disks are raw on the source and on the target",
+    )
+
+
+def test_exports_wait_for_a_free_slot_on_the_source_provider() -> None:
+    d, obs = flows.snapshotting(vm(flows.THREE))
+    op = flows.snapshot_probe_id(d, obs)
+    done = task("t-snap", 3, snapshot_result={"snapshot_id": "snap-1"})
+    # limit 2, one export of another migration running: one slot is free
+    bounded = dataclasses.replace(obs, slots={"source": Slots("default/srcp", 2, 1)})
+    d.step(bounded, probes={op: done})
+    assert [a.disk for a in d.submitted if isinstance(a, ExportDisk)] == ["vda"]
+    waiting = [disk.message for disk in d.status.disks[1:]]
+    assert (
+        waiting
+        == [
+            "waiting for a free task slot on Provider default/srcp (2 of 2 exports/imports running)"
+        ]
+        * 2
+    )
+    # the other migration's export finished: the next disk starts, the last still waits
+    freed = dataclasses.replace(obs, slots={"source": Slots("default/srcp", 2, 0)})
+    running = {d.status.disks[0].export_task_ref or "": task("t-1", stage="uploading")}
+    d.step(freed, running)
+    assert [a.disk for a in d.submitted if isinstance(a, ExportDisk)] == ["vda", "vdb"]
+    assert d.status.disks[2].phase is DiskPhase.PENDING
+
+
+def test_imports_wait_for_a_free_slot_on_the_target_provider() -> None:
+    d, obs = flows.exporting()
+    sizes = [x.size_bytes or 0 for x in d.status.disks]
+    tasks: dict[str, TaskView] = {
+        ref: exported(ref, size) for ref, size in zip(d.export_refs(), sizes, strict=True)
+    }
+    # one Provider is the source and the target; another migration runs one task on it
+    shared = Slots("default/p", 2, 1)
+    d.step(dataclasses.replace(obs, slots={"source": shared, "target": shared}), tasks)
+    assert [a.disk for a in d.submitted if isinstance(a, ImportDisk)] == ["vda"]
+    assert d.status.disks[1].message == (
+        "waiting for a free task slot on Provider default/p (2 of 2 exports/imports running)"
     )

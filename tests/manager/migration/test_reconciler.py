@@ -307,3 +307,32 @@ def test_delete_source_after_validation_removes_the_source_vm_and_object(world: 
 
 def _vm_names(world: Harness) -> list[str]:
     return [o["metadata"]["name"] for o in world.store.list("VirtualMachine")]
+
+
+def test_a_providers_task_slots_bound_the_exports_in_flight(tmp_path: Path) -> None:
+    data = {name: bytes([n]) * (4 * MiB) for n, name in enumerate(("vda", "vdb", "vdc"), 1)}
+    world = Harness(tmp_path, data)
+    world.source.chunk_delay = 0.02
+    source = world.store.get("Provider", "default", "srcp")
+    source["status"]["capabilities"] = {"maxConcurrentTasks": 1}  # as the provider reports
+    world.store.update_status(source)
+    in_flight: list[int] = []
+    waiting: list[str] = []
+
+    def record(obj: Obj | None) -> bool:
+        disks = _disks(obj)
+        in_flight.append(sum(1 for d in disks if d.get("phase") == "Exporting"))
+        waiting.extend(d.get("message", "") for d in disks if d.get("phase") == "Pending")
+        return cleaned(obj)
+
+    try:
+        key = world.migrate()
+        world.drive(key, record)
+        assert world.phase(key) == "Ready"
+        assert max(in_flight) == 1  # without the bound all three export at once
+        assert any("waiting for a free task slot on Provider default/srcp" in m for m in waiting)
+        for disk in _migration(world.get(key)).status.disks:  # type: ignore[union-attr]
+            landed = world.target.volumes[disk.imported_disk_id or ""].read_bytes()
+            assert landed == data[disk.name]
+    finally:
+        world.close()
