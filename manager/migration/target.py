@@ -27,7 +27,6 @@ name is never taken for ours.
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -164,11 +163,25 @@ def nic_plans(migration: VMMigration, vm: pb.VM, target: Provider | None) -> lis
     return map_nics(list(vm.nics), migration.spec.target_network_hints, default)[0]
 
 
-def _size_gib(size_bytes: int | None) -> int:
-    return max(1, math.ceil((size_bytes or 0) / GiB))
+def _size_gib(size_bytes: int | None) -> int | None:
+    """``sizeGiB`` of a migrated disk: only when it is a whole number of GiB, since the
+    VirtualMachine controller asks the provider to grow a disk to ``sizeGiB`` (a 10.5
+    GiB disk must not become 11 GiB); otherwise the disk keeps its imported size."""
+    if size_bytes and size_bytes % GiB == 0:
+        return size_bytes // GiB
+    return None
 
 
-def _imported(migration: VMMigration, disk: DiskMigrationStatus, size_gib: int) -> ImportedDiskRef:
+def _boot_gib(size_bytes: int | None, hinted: int | None) -> int | None:
+    """targetResourceHints.disk grows the boot disk; it never shrinks it."""
+    if hinted and hinted * GiB > (size_bytes or 0):
+        return hinted
+    return _size_gib(size_bytes)
+
+
+def _imported(
+    migration: VMMigration, disk: DiskMigrationStatus, size_gib: int | None
+) -> ImportedDiskRef:
     return ImportedDiskRef(
         disk_id=disk.imported_disk_id or "",
         format=disk.format or DiskFormat.RAW,
@@ -239,7 +252,7 @@ def build_manifest(
     spec = migration.spec
     hints = spec.target_resource_hints
     boot = disks[0]
-    boot_gib = max(_size_gib(boot.size_bytes), hints.disk if hints and hints.disk else 0)
+    boot_gib = _boot_gib(boot.size_bytes, hints.disk if hints else None)
     provider = spec.target_provider_ref
     target = VirtualMachine(
         metadata=ObjectMeta(

@@ -243,14 +243,14 @@ def test_imports_done_create_the_target_virtualmachine() -> None:
         "pool/migrated-vda",
         "raw",
         "migration",
-        1,
+        None,  # 1 GB is no whole number of GiB: the disk keeps its size
     )
     assert boot.migration_ref is not None and boot.migration_ref.name == "mig"
     assert [(x.name, x.imported_disk and x.imported_disk.disk_id) for x in target.spec.disks] == [
         ("vdb", "pool/migrated-vdb"),
         ("vdc", "pool/migrated-vdc"),
     ]
-    assert [x.imported_disk.size_gib for x in target.spec.disks if x.imported_disk] == [2, 7]
+    assert [x.imported_disk.size_gib for x in target.spec.disks if x.imported_disk] == [None, None]
     assert target.spec.resources is not None
     assert (target.spec.resources.cpu, target.spec.resources.memory_mib) == (2, 2048)
     assert [(n.name, n.network, n.mac) for n in target.spec.networks] == [
@@ -422,3 +422,25 @@ def test_imports_wait_for_a_free_slot_on_the_target_provider() -> None:
     assert d.status.disks[1].message == (
         "waiting for a free task slot on Provider default/p (2 of 2 exports/imports running)"
     )
+
+
+def test_disks_keep_their_exact_size_unless_a_hint_grows_the_boot_disk() -> None:
+    odd = 21 << 29  # 10.5 GiB: sizeGiB would round it up to 11
+    d, obs = flows.all_exported((("vda", odd), ("vdb", odd)), targetResourceHints={"disk": 10})
+    plan = _import_all(d, obs)
+    (create,) = [a for a in plan.actions if isinstance(a, CreateTargetVM)]
+    target = VirtualMachine.from_dict(create.manifest)
+    assert target.spec.imported_disk is not None
+    assert target.spec.imported_disk.size_gib is None  # a hint of 10 GiB never shrinks it
+    assert [x.imported_disk.size_gib for x in target.spec.disks if x.imported_disk] == [None]
+
+
+def test_whole_gib_disks_record_their_size_and_a_hint_grows_the_boot_disk() -> None:
+    d, obs = flows.all_exported(
+        (("vda", 4 << 30), ("vdb", 2 << 30)), targetResourceHints={"disk": 8}
+    )
+    plan = _import_all(d, obs)
+    (create,) = [a for a in plan.actions if isinstance(a, CreateTargetVM)]
+    target = VirtualMachine.from_dict(create.manifest)
+    assert target.spec.imported_disk is not None and target.spec.imported_disk.size_gib == 8
+    assert [x.imported_disk.size_gib for x in target.spec.disks if x.imported_disk] == [2]
