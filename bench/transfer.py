@@ -26,6 +26,7 @@ runs; the machine's CPU count is printed with the table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import resource
@@ -34,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,59 +79,100 @@ def _allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
 
 
-def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
-    """One measurement (runs inside its own subprocess)."""
+Stage = Callable[[str], None]
+
+
+def _ours_export(cfg: dict[str, Any], key: str, work: Path, stage: Stage) -> tuple[int, int]:
     from providers.common import pipeline
 
-    variant, fmt, work = cfg["variant"], cfg["format"], Path(cfg["work"])
-    key = f"{cfg['key']}.{fmt}"
+    with _backend(cfg).open_writer(key) as writer:
+        out = pipeline.export_image(
+            cfg["source"], "qcow2", cfg["format"], writer, scratch_dir=work, on_stage=stage
+        )
+    return out.size, out.scratch_reserved
+
+
+def _naive_export(cfg: dict[str, Any], key: str, work: Path, stage: Stage) -> tuple[int, int]:
+    tmp = work / f"naive.{cfg['format']}"
+    stage("converting")
+    subprocess.run(
+        ["qemu-img", "convert", "-O", cfg["format"], cfg["source"], str(tmp)], check=True
+    )
+    scratch = _allocated(tmp)
+    stage("uploading")
+    _boto(cfg).upload_file(str(tmp), BUCKET, key)
+    wire = tmp.stat().st_size
+    tmp.unlink()
+    return wire, scratch
+
+
+def _ours_import(cfg: dict[str, Any], key: str, work: Path, stage: Stage) -> tuple[int, int]:
+    from providers.common import pipeline
+
+    backend = _backend(cfg)
+    info = backend.stat(key)
+    dest = work / "ours-imported.qcow2"
+    reader = backend.open_reader(key, expected_sha256=cfg["sha256"], expected_size=info.size)
+    out = pipeline.import_image(
+        reader,
+        cfg["format"],
+        "qcow2",
+        dest,
+        expected_sha256=cfg["sha256"],
+        size=info.size,
+        scratch_dir=work,
+        on_stage=stage,
+    )
+    dest.unlink()
+    return info.size, out.scratch_reserved
+
+
+def _naive_import(cfg: dict[str, Any], key: str, work: Path, stage: Stage) -> tuple[int, int]:
+    tmp = work / f"naive-download.{cfg['format']}"
+    dest = work / "naive-imported.qcow2"
+    stage("downloading")
+    _boto(cfg).download_file(BUCKET, key, str(tmp))
+    wire = tmp.stat().st_size
+    scratch = _allocated(tmp)
+    stage("converting")
+    subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp), str(dest)], check=True)
+    tmp.unlink()
+    dest.unlink()
+    return wire, scratch
+
+
+_VARIANTS = {
+    "ours-export": _ours_export,
+    "naive-export": _naive_export,
+    "ours-import": _ours_import,
+    "naive-import": _naive_import,
+}
+
+
+def run_variant(cfg: dict[str, Any]) -> dict[str, Any]:
+    """One measurement (runs inside its own subprocess)."""
+    variant = _VARIANTS.get(cfg["variant"])
+    if variant is None:
+        raise SystemExit(f"unknown variant {cfg['variant']}")
+    stages: list[tuple[str, float]] = []
     cpu_before = os.times()
     started = time.monotonic()
-    if variant == "ours-export":
-        backend = _backend(cfg)
-        with backend.open_writer(key) as writer:
-            out = pipeline.export_image(cfg["source"], "qcow2", fmt, writer, scratch_dir=work)
-        wire, scratch = out.size, out.scratch_reserved
-    elif variant == "naive-export":
-        tmp = work / f"naive.{fmt}"
-        subprocess.run(["qemu-img", "convert", "-O", fmt, cfg["source"], str(tmp)], check=True)
-        scratch = _allocated(tmp)
-        _boto(cfg).upload_file(str(tmp), BUCKET, key)
-        wire = tmp.stat().st_size
-        tmp.unlink()
-    elif variant == "ours-import":
-        backend = _backend(cfg)
-        info = backend.stat(key)
-        dest = work / "ours-imported.qcow2"
-        reader = backend.open_reader(key, expected_sha256=cfg["sha256"], expected_size=info.size)
-        out_i = pipeline.import_image(
-            reader,
-            fmt,
-            "qcow2",
-            dest,
-            expected_sha256=cfg["sha256"],
-            size=info.size,
-            scratch_dir=work,
-        )
-        wire = info.size
-        scratch = getattr(out_i, "scratch_reserved", 0)
-        dest.unlink()
-    elif variant == "naive-import":
-        tmp = work / f"naive-download.{fmt}"
-        dest = work / "naive-imported.qcow2"
-        _boto(cfg).download_file(BUCKET, key, str(tmp))
-        wire = tmp.stat().st_size
-        scratch = _allocated(tmp)
-        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(tmp), str(dest)], check=True)
-        tmp.unlink()
-        dest.unlink()
-    else:
-        raise SystemExit(f"unknown variant {variant}")
-    wall = time.monotonic() - started
+    wire, scratch = variant(
+        cfg,
+        f"{cfg['key']}.{cfg['format']}",
+        Path(cfg["work"]),
+        lambda name: stages.append((name, time.monotonic())),
+    )
+    ended = time.monotonic()
     cpu_after = os.times()
     cpu = sum(cpu_after[:4]) - sum(cpu_before[:4])  # user + system, self and children
     own, _child = _rss()
-    return {"wall": wall, "wire": wire, "scratch": scratch, "py_rss": own, "cpu": cpu}
+    result = {"wall": ended - started, "wire": wire, "scratch": scratch, "py_rss": own, "cpu": cpu}
+    # Wall time per stage ("setup": before the first stage was announced).
+    marks = [("setup", started), *stages, ("end", ended)]
+    for (name, at), (_next, until) in itertools.pairwise(marks):
+        result[f"stage:{name}"] = result.get(f"stage:{name}", 0.0) + until - at
+    return result
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -238,13 +281,25 @@ def main() -> None:
                 )
                 runs.setdefault(f"{who}-import", []).append(imp)
         med = {
-            name: {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+            name: {k: statistics.median(r.get(k, 0.0) for r in rows) for k in rows[0]}
             for name, rows in runs.items()
         }
         print("dir     |          ours           |          naive          | speed | ...")
         print(_fmt_row("export", med["ours-export"], med["naive-export"]))
         print(_fmt_row("import", med["ours-import"], med["naive-import"]))
         print(f"wire/allocated (ours export): {med['ours-export']['wire'] / data:.3f}")
+        print("median wall per stage (s):")
+        for name, row in med.items():
+            parts = [f"{k[6:]} {v:.2f}" for k, v in row.items() if k.startswith("stage:")]
+            print(f"  {name:<13} " + ", ".join(parts))
+        print("every run (wall s, ours/naive ratio of the pair):")
+        for direction in ("export", "import"):
+            ours_w = [r["wall"] for r in runs[f"ours-{direction}"]]
+            naive_w = [r["wall"] for r in runs[f"naive-{direction}"]]
+            pairs = ", ".join(
+                f"{o:.2f}/{n:.2f}={n / o:.2f}x" for o, n in zip(ours_w, naive_w, strict=True)
+            )
+            print(f"  {direction}: {pairs}")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
+import botocore.auth
 import botocore.exceptions as bce
 from botocore.config import Config
 
@@ -67,6 +68,10 @@ log = get_logger("storage.s3")
 AWS_HOSTS = frozenset({"s3.amazonaws.com"})
 SHA256_META = "sha256"
 SHA256_TAG = "sha256"
+
+# Signature version name under which _KnownPayloadSigV4Auth is registered with botocore.
+KNOWN_PAYLOAD_SIGV4 = "s3v4-virtrigaud-known-payload"
+_BODY_OPERATIONS = ("PutObject", "UploadPart")
 
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,254}$")
@@ -202,6 +207,39 @@ def _client_error(
     return InternalError(f"S3 {op} {target} failed ({code or status}): {message}")
 
 
+class _KnownPayloadSigV4Auth(botocore.auth.S3SigV4Auth):  # type: ignore[misc]  # untyped
+    """S3 SigV4 that signs with a payload SHA256 the caller already computed.
+
+    botocore signs an S3 request body by hashing it (``X-Amz-Content-SHA256``) whenever
+    the payload is signed -- always over plain HTTP, and over HTTPS unless a checksum
+    header is sent. The multipart writer hashes every part (and a single-PUT object's
+    whole body) anyway, and hands that digest over as the body's ``payload_sha256``
+    (``s3_multipart._ViewBody``); this signer uses it instead of a second pass over
+    the bytes. The request on the wire is exactly what botocore would send: the same
+    signed payload hash, so an endpoint that checks it (AWS does) still rejects a
+    body altered in transit. Bodies without a known digest, and requests botocore
+    would not sign the payload of, take botocore's own path.
+    """
+
+    def payload(self, request: Any) -> str:
+        known = getattr(request.body, "payload_sha256", None)
+        if (
+            isinstance(known, str)
+            and self._should_sha256_sign_payload(request)
+            and not self._is_streaming_checksum_payload(request)
+        ):
+            return known
+        return str(super().payload(request))
+
+
+botocore.auth.AUTH_TYPE_MAPS.setdefault(KNOWN_PAYLOAD_SIGV4, _KnownPayloadSigV4Auth)
+
+
+def _choose_known_payload_signer(signature_version: str = "", **_: Any) -> str | None:
+    """``choose-signer`` hook: plain S3 SigV4 becomes the known-payload variant."""
+    return KNOWN_PAYLOAD_SIGV4 if signature_version == "s3v4" else None
+
+
 def resolve_endpoint(spec_endpoint: str | None, secret_endpoint: str | None) -> str | None:
     """The endpoint URL to use (``None`` for AWS); see the module docstring."""
     spec = (spec_endpoint or "").strip()
@@ -296,7 +334,12 @@ class S3Backend(Backend):
             aws_session_token=_secret(creds, "sessionToken"),
             region_name=self.region,
         )
-        return session.client("s3", endpoint_url=self.endpoint_url, config=config, verify=verify)
+        client = session.client("s3", endpoint_url=self.endpoint_url, config=config, verify=verify)
+        for operation in _BODY_OPERATIONS:
+            client.meta.events.register(
+                f"choose-signer.s3.{operation}", _choose_known_payload_signer
+            )
+        return client
 
     # -- helpers shared with the writer and reader -----------------------------------
 

@@ -11,7 +11,12 @@ Memory. Parts are filled into preallocated buffers and uploaded by a thread pool
 *and* they fit ``max_buffer_bytes`` (one part always fits), so peak buffer memory is
 ``min((workers + 1) x part_size, max(max_buffer_bytes, part_size))``: 40 MiB for the
 first 7.8 GiB of a stream with defaults, at most 512 MiB later (then with fewer parts
-in flight). ``peak_buffer_bytes`` reports what was actually used.
+in flight). ``peak_buffer_bytes`` reports what was actually used. Finished parts hand
+their buffer to the next part rather than allocating a new one (``_BufferBudget``).
+
+Hashing. Every part is hashed once, in its upload thread: that SHA256 goes into the
+resume record and is the payload hash the request is signed with (``storage.s3``
+passes it to botocore's SigV4 signer, which would otherwise hash the body again).
 
 Digest and resume. The transport digest is the plain SHA256 of the object's bytes, as
 on every backend. hashlib objects cannot be serialized, and the parts of an unfinished
@@ -80,7 +85,15 @@ class PartSchedule:
 
 
 class _BufferBudget:
-    """Bounds the part buffers alive at once (count and bytes)."""
+    """Bounds the part buffers alive at once (count and bytes) and recycles them.
+
+    A released buffer is kept for the next part of the same size instead of being
+    freed: a fresh 8 MiB ``bytearray`` is zero-filled and page-faulted in, which costs
+    as much CPU as a quarter of a SHA256 pass over it. Kept buffers plus buffers in use
+    never exceed the count limit (a kept buffer is only reused, never added to), and
+    kept buffers of another size are dropped before a new one is allocated, so the
+    byte bound of the module docstring holds for all of them together.
+    """
 
     def __init__(self, max_count: int, max_bytes: int) -> None:
         self._cond = threading.Condition()
@@ -88,9 +101,11 @@ class _BufferBudget:
         self._bytes = 0
         self._max_count = max_count
         self._max_bytes = max_bytes
+        self._free: list[bytearray] = []
         self.peak_bytes = 0
 
-    def acquire(self, size: int, failed: threading.Event) -> bool:
+    def acquire(self, size: int, failed: threading.Event) -> bytearray | None:
+        """A buffer of ``size`` bytes (contents undefined); None once ``failed`` is set."""
         with self._cond:
             while not failed.is_set() and (
                 self._count >= self._max_count
@@ -98,29 +113,44 @@ class _BufferBudget:
             ):
                 self._cond.wait(0.5)
             if failed.is_set():
-                return False
+                return None
             self._count += 1
             self._bytes += size
             self.peak_bytes = max(self.peak_bytes, self._bytes)
-            return True
+            if self._free and len(self._free[-1]) == size:
+                return self._free.pop()
+            self._free.clear()  # another size: parts only grow, these are not needed again
+        return bytearray(size)
 
-    def release(self, size: int) -> None:
+    def release(self, buf: bytearray) -> None:
         with self._cond:
             self._count -= 1
-            self._bytes -= size
+            self._bytes -= len(buf)
+            self._free.append(buf)
             self._cond.notify_all()
 
     def wake(self) -> None:
         with self._cond:
             self._cond.notify_all()
 
+    def drop_free(self) -> None:
+        """Free the kept buffers (the writer is finished)."""
+        with self._cond:
+            self._free.clear()
+
 
 class _ViewBody(io.RawIOBase):
-    """A seekable read-only file over a part buffer (no copy of the part)."""
+    """A seekable read-only file over a part buffer (no copy of the part).
 
-    def __init__(self, view: memoryview) -> None:
+    ``payload_sha256`` is the hex SHA256 of the whole view, computed by the writer
+    anyway (resume records, transport digest): ``storage.s3`` signs the request with it
+    instead of letting botocore hash the body a second time.
+    """
+
+    def __init__(self, view: memoryview, payload_sha256: str | None = None) -> None:
         self._view = view
         self._pos = 0
+        self.payload_sha256 = payload_sha256
 
     def readable(self) -> bool:
         return True
@@ -320,10 +350,11 @@ class S3Writer(Writer):
         if self._next_part > MAX_PARTS:
             raise InvalidArgument(f"{self.key!r} exceeds S3's limit of {MAX_PARTS} parts (5 TiB)")
         size = self._schedule.size(self._next_part)
-        if not self._budget.acquire(size, self._failed):
+        buf = self._budget.acquire(size, self._failed)
+        if buf is None:
             self._raise_if_failed()
             raise FailedPrecondition(f"writer for {self.key!r} was stopped")
-        self._buf = bytearray(size)
+        self._buf = buf
         self._fill = 0
 
     def _submit_part(self) -> None:
@@ -335,24 +366,25 @@ class S3Writer(Writer):
             try:
                 self._upload_id = self._b.create_multipart_upload(self._full_key)
             except BaseException:
-                self._budget.release(len(buf))
+                self._budget.release(buf)
                 raise
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="s3-part")
         future = self._pool.submit(self._upload_part, number, buf, length)
         with self._lock:
             self._futures[number] = future
-        future.add_done_callback(functools.partial(self._part_done, number, len(buf)))
+        future.add_done_callback(functools.partial(self._part_done, number, buf))
 
     def _upload_part(self, number: int, buf: bytearray, length: int) -> PartRecord:
         view = memoryview(buf)[:length]
+        # One SHA256 per part: the resume record and the request signature share it.
         sha = hashlib.sha256(view).hexdigest()
         assert self._upload_id is not None
-        etag = self._b.upload_part(self._full_key, self._upload_id, number, _ViewBody(view))
+        etag = self._b.upload_part(self._full_key, self._upload_id, number, _ViewBody(view, sha))
         return PartRecord(number, length, etag, sha)
 
-    def _part_done(self, number: int, size: int, future: Future[PartRecord]) -> None:
-        self._budget.release(size)
+    def _part_done(self, number: int, buf: bytearray, future: Future[PartRecord]) -> None:
+        self._budget.release(buf)
         with self._lock:
             self._futures.pop(number, None)
             if future.cancelled():
@@ -396,7 +428,8 @@ class S3Writer(Writer):
         if self._upload_id is None:
             data = memoryview(self._buf)[: self._fill] if self._buf is not None else memoryview(b"")
             try:
-                etag = self._b.put_small(self._full_key, _ViewBody(data), sha256)
+                # The whole object is this one buffer: its digest is the payload's.
+                etag = self._b.put_small(self._full_key, _ViewBody(data, sha256), sha256)
             finally:
                 self._drop_buffer()
             return ObjectInfo(self.key, size, etag, sha256)
@@ -452,7 +485,7 @@ class S3Writer(Writer):
 
     def _drop_buffer(self) -> None:
         if self._buf is not None:
-            self._budget.release(len(self._buf))
+            self._budget.release(self._buf)
             self._buf, self._fill = None, 0
 
     def _stop_workers(self) -> None:
@@ -470,3 +503,4 @@ class S3Writer(Writer):
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
+        self._budget.drop_free()

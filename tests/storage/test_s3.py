@@ -195,3 +195,64 @@ def _write(backend: S3Backend, data: bytes) -> None:
     with backend.open_writer(KEY) as writer:
         pump(writer, prefix_of([data], len(data)))
         writer.commit()
+
+
+def test_signer_takes_the_known_payload_digest() -> None:
+    """The body digest the writer computed is what gets signed: botocore does not rehash."""
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    from storage.s3 import _KnownPayloadSigV4Auth
+    from storage.s3_multipart import _ViewBody
+
+    auth = _KnownPayloadSigV4Auth(Credentials("AKID", "secret"), "s3", "us-east-1")
+    body = memoryview(b"part bytes")
+    marker = "ab" * 32  # not the body's digest: proves the given value is used as is
+    known = AWSRequest(method="PUT", url="http://s3.test/b/k", data=_ViewBody(body, marker))
+    auth.add_auth(known)
+    assert known.headers["X-Amz-Content-SHA256"] == marker
+    plain = AWSRequest(method="PUT", url="http://s3.test/b/k", data=_ViewBody(body))
+    auth.add_auth(plain)
+    assert plain.headers["X-Amz-Content-SHA256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_uploads_are_signed_with_their_body_digest_and_recycle_buffers(
+    seaweed: SeaweedFS, bucket: str
+) -> None:
+    """Over plain HTTP every PUT is signed with the real SHA256 of the bytes it sends,
+    and the writer reuses part buffers instead of allocating one per part."""
+    options = BackendOptions(part_size=8 * MiB, workers=2, retry=FAST_RETRY)
+    backend = make_backend(seaweed, bucket, options=options)
+    sent: list[tuple[str, str, str]] = []
+    buffers: list[object] = []  # kept alive, so distinct identities mean distinct buffers
+
+    def observe(request: Any, event_name: str, **_: Any) -> None:
+        body = request.body
+        start = body.tell()
+        data = body.read()
+        body.seek(start)
+        operation = event_name.rsplit(".", 1)[-1]
+        signed = request.headers["X-Amz-Content-SHA256"]  # bytes once prepared
+        signed = signed.decode() if isinstance(signed, bytes) else signed
+        sent.append((operation, signed, hashlib.sha256(data).hexdigest()))
+        view = getattr(body, "_view", None)
+        if operation == "UploadPart" and view is not None:
+            buffer = view.obj
+            if all(buffer is not b for b in buffers):
+                buffers.append(buffer)
+
+    backend.client.meta.events.register("before-send.s3.UploadPart", observe)
+    backend.client.meta.events.register("before-send.s3.PutObject", observe)
+    with backend.open_writer(KEY) as writer:
+        sha, size = pump(writer, dense(60 * MiB + 5, seed=25))
+        writer.commit()
+    with backend.open_writer("small.raw") as writer:
+        writer.write(b"small object")
+        writer.commit()
+    parts = [s for s in sent if s[0] == "UploadPart"]
+    assert len(parts) == 8 and [s[0] for s in sent].count("PutObject") == 1
+    for operation, signed, actual in sent:
+        assert signed == actual, operation
+    assert len(buffers) <= options.workers + 1  # 8 parts, at most 3 buffers
+    assert drain(backend.open_reader(KEY)) == (sha, size)
+    backend.close()
