@@ -31,6 +31,9 @@ from manager.store.sqlite import SQLiteStore
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# Every migration is Ready, but the cleanup of at least one gave up (CleanupFailed):
+# the VMs moved, yet intermediate objects or a snapshot were left behind.
+EXIT_CLEANUP_INCOMPLETE = 3
 EXIT_INTERRUPTED = 130
 TERMINAL_MIGRATION = ("Ready", "Failed")
 TERMINAL_VM = ("Ready", "Failed")
@@ -201,7 +204,18 @@ def _migrations_settled(migrations: Sequence[Obj]) -> int | None:
         _phase(m) in TERMINAL_MIGRATION and _current(m) and _cleanup_settled(m) for m in migrations
     ):
         return None
-    return _verdict(all(_phase(m) == "Ready" for m in migrations))
+    if not all(_phase(m) == "Ready" for m in migrations):
+        return EXIT_FAILED
+    if any(_cleanup_failed(m) for m in migrations):
+        return EXIT_CLEANUP_INCOMPLETE
+    return EXIT_OK
+
+
+def _cleanup_failed(migration: Obj) -> bool:
+    for cond in (migration.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "CleanedUp":
+            return cond.get("status") != "True" and cond.get("reason") == "CleanupFailed"
+    return False
 
 
 def _vms_settled(
