@@ -15,6 +15,7 @@ from virtrigaud import errors
 # type -> "module:factory"; factory(ProviderConfig) -> ProviderDriver
 PROVIDER_TYPES: dict[str, str] = {
     "libvirt": "providers.libvirt.driver:create",
+    "proxmox": "providers.proxmox.driver:create",
 }
 
 

@@ -9,6 +9,7 @@ PACKAGES=(
   libvirt-dev pkg-config gcc # to build libvirt-python
   # a real libvirtd + QEMU for the libvirt provider (tests start the daemons themselves)
   libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu qemu-system-x86
+  openssh-server             # a real sshd on loopback: the Proxmox provider's "node" in tests
 )
 
 missing=()
