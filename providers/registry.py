@@ -16,6 +16,7 @@ from virtrigaud import errors
 PROVIDER_TYPES: dict[str, str] = {
     "libvirt": "providers.libvirt.driver:create",
     "proxmox": "providers.proxmox.driver:create",
+    "vsphere": "providers.vsphere.driver:create",
 }
 
 

@@ -91,10 +91,17 @@ def parse(data: bytes, what: str) -> Descriptor:
 
 
 def rewrite(desc: Descriptor, names: dict[str, str], parent: str | None) -> str:
-    """The descriptor text with extent file names (and the parent hint) replaced."""
+    """The descriptor text with extent file names (and the parent hint) replaced.
+
+    Blank lines are dropped: qemu-img 7.2 reads an extent line that follows a blank
+    line twice (a 32 MiB disk then shows as 64 MiB), and descriptors written by hand
+    or by other tools often have one there.
+    """
     out: list[str] = []
     for raw in desc.text.splitlines():
         line = raw.strip()
+        if not line:
+            continue
         match = _EXTENT.match(line)
         if match is not None and match.group("file") in names:
             old = match.group("file")

@@ -11,12 +11,14 @@ from manager.providerclient import ProviderClient, RetryPolicy
 from providers.runtime import server as runtime_server
 from tests.conformance.libvirt_target import libvirt_conformance_target
 from tests.conformance.targets import TARGETS, ConformanceTarget
+from tests.conformance.vsphere_target import vsphere_conformance_target
 from tests.fakes.memory_provider import MemoryProvider, nfs_path
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 MiB = 1 << 20
 
-__all__ = ["libvirt_conformance_target"]  # fixtures of other targets, used by name
+# fixtures of other targets, used by name
+__all__ = ["libvirt_conformance_target", "vsphere_conformance_target"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -44,4 +44,5 @@ class ConformanceTarget:
 TARGETS: list[TargetSpec] = [
     TargetSpec("memory", "memory_conformance_target"),
     TargetSpec("libvirt", "libvirt_conformance_target", ALL_METHODS),  # real libvirtd + QEMU
+    TargetSpec("vsphere", "vsphere_conformance_target", ALL_METHODS),  # vcsim (govmomi)
 ]
