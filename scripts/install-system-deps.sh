@@ -10,6 +10,9 @@ PACKAGES=(
   # a real libvirtd + QEMU for the libvirt provider (tests start the daemons themselves)
   libvirt-daemon-system libvirt-daemon-system-sysv libvirt-daemon-driver-qemu qemu-system-x86
   openssh-server             # a real sshd on loopback: the Proxmox provider's "node" in tests
+  # vcsim (vSphere API simulator) for the vSphere provider: built offline from Debian's
+  # govmomi source by scripts/build-vcsim.sh
+  golang-go golang-github-vmware-govmomi-dev
 )
 
 missing=()
