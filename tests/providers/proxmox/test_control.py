@@ -13,7 +13,7 @@ import pytest
 
 from manager.providerclient import ProviderClient, raise_for_task
 from providers.proxmox.driver import create
-from tests.providers.proxmox.env import BRIDGE, MiB, NODE, STORAGE, PveEnv
+from tests.providers.proxmox.env import BRIDGE, NODE, STORAGE, MiB, PveEnv
 from virtrigaud import errors
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
