@@ -13,7 +13,12 @@
   ``spec.deletionPolicy: Delete`` is set explicitly.
 * **Power**: ``spec.powerState`` (default On for created VMs; adopted VMs keep their
   state unless it is set) is enforced with Power tasks (``.../power-on/<n>``); Off is
-  a graceful shutdown forced after ``SHUTDOWN_TIMEOUT`` seconds.
+  a graceful shutdown forced after ``SHUTDOWN_TIMEOUT`` seconds. A VM that is the
+  source of a cold migration (a VMMigration with ``sourcePowerPolicy:
+  ShutdownBeforeSnapshot``, not Failed, not being deleted) is never powered on: the
+  migration holds its power (it shuts the VM down for the snapshot, and the source of
+  a finished cold migration stays off so the two copies cannot diverge). The hold ends
+  when that migration fails (it powers the source back on itself) or is deleted.
 
 Status: ``id``, ``powerState``, ``phase`` (Pending, Provisioning, Ready, Deleting,
 Failed), ``disks`` as the provider reports them, ``message``, the ``Ready``
@@ -28,9 +33,12 @@ from collections.abc import Iterable
 
 from manager.api import (
     DeletionPolicy,
+    MigrationPhase,
     PowerState,
+    SourcePowerPolicy,
     VirtualMachine,
     VirtualMachineStatus,
+    VMMigration,
     VMPhase,
 )
 from manager.connections import ProviderConnections
@@ -54,7 +62,7 @@ from manager.store.base import Obj, ObjectKey, ObjectStore, WatchEvent
 from virtrigaud import errors
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
-__all__ = ["FINALIZER", "VirtualMachineReconciler", "provider_watch"]
+__all__ = ["FINALIZER", "VirtualMachineReconciler", "migration_watch", "provider_watch"]
 
 MAX_CREATE_ATTEMPTS = 5
 SHUTDOWN_TIMEOUT = 60
@@ -251,18 +259,39 @@ class VirtualMachineReconciler:
             if waiting is not None:
                 return waiting
             self._observe(p, link.client.describe_vm(found.id))
+        holder = self._power_holder(p.vm) if desired is PowerState.ON else None
+        if holder is not None:
+            desired = None  # a cold migration keeps the source off: see the docstring
         if desired is not None and not power_matches(desired, p.status.power_state):
             if (left := p.held("power")) is not None:
                 return Result(requeue_after=left)  # after a failure: the condition says it
             return self._submit_power(p, link, found.id, desired)
         p.status.phase = VMPhase.READY
         power = p.status.power_state.value if p.status.power_state else "Unknown"
+        held = f"; power held by VMMigration {holder} (cold migration)" if holder else ""
         if p.vm.spec.adopted:
             message = f"bound to VM {found.name} ({found.id}) on {link.label}; power {power}"
-            p.ready(True, "Adopted", message)
+            p.ready(True, "Adopted", message + held)
         else:
-            p.ready(True, "VMReady", f"VM {found.name} ({found.id}) is {power} on {link.label}")
+            message = f"VM {found.name} ({found.id}) is {power} on {link.label}"
+            p.ready(True, "VMReady", message + held)
         return Result(requeue_after=self.refresh)
+
+    def _power_holder(self, vm: VirtualMachine) -> str | None:
+        """namespace/name of a cold migration that holds this VM's power, if any."""
+        namespace = vm.metadata.namespace or "default"
+        for obj in self.store.list("VMMigration"):
+            migration = VMMigration.from_dict(obj)
+            spec = migration.spec
+            if (spec.source_namespace, spec.source_name) != (namespace, vm.metadata.name):
+                continue
+            if spec.source_power_policy is not SourcePowerPolicy.SHUTDOWN_BEFORE_SNAPSHOT:
+                continue
+            phase = migration.status.phase if migration.status else None
+            if phase is MigrationPhase.FAILED or migration.metadata.deletion_timestamp is not None:
+                continue
+            return f"{migration.metadata.namespace or 'default'}/{migration.metadata.name}"
+        return None
 
     def _poll_power(self, p: Pass, link: ProviderLink, task_id: str) -> Result | None:
         try:
@@ -312,6 +341,19 @@ class VirtualMachineReconciler:
 
     def _finalize(self, p: Pass) -> Result:
         return finalize(self.store, self.connections, p, self._commit)
+
+
+def migration_watch() -> Watch:
+    """Wake a migration's source VirtualMachine when the migration changes (a cold
+    migration's power hold starts and ends with it)."""
+
+    def mapper(event: WatchEvent) -> Iterable[ObjectKey]:
+        spec = (event.object or {}).get("spec") or {}
+        name = spec.get("sourceName")
+        if name:
+            yield ObjectKey("VirtualMachine", spec.get("sourceNamespace") or "default", name)
+
+    return Watch("VMMigration", mapper)
 
 
 def provider_watch(store: ObjectStore) -> Watch:

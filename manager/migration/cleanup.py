@@ -48,6 +48,7 @@ from manager.migration.model import (
     DeleteSourceVM,
     DeleteTargetVM,
     Observations,
+    PowerOnSource,
     Probe,
     RemoveFinalizer,
     RpcFailure,
@@ -191,6 +192,9 @@ def finalize_probes(
         snapshots=not ready
         or (not cleaned and policy.delete_snapshot and not policy.delete_source),
     )
+    if not ready and not _snapshot_left(migration, obs):
+        restore = snapshot.restore_probe(migration, obs, f"finalize-r{rnd}")
+        out += [restore] if restore else []
     if not ready and status is not None and not _our_target_exists(migration, obs):
         out += [
             DeleteImportedDisk(
@@ -202,6 +206,16 @@ def finalize_probes(
             if d.imported_disk_id
         ]
     return out
+
+
+def _snapshot_left(migration: VMMigration, obs: Observations) -> bool:
+    """A snapshot of this migration may still be on the source (or cannot be checked):
+    powering the source on waits for its deletion to finish."""
+    described = obs.source_vm
+    if not isinstance(described, pb.VM):
+        return True
+    prefix = naming.snapshot_prefix(migration)
+    return any(s.name.startswith(prefix) for s in described.snapshots)
 
 
 def _our_target_exists(migration: VMMigration, obs: Observations) -> bool:
@@ -224,6 +238,8 @@ def _describe(item: Probe) -> str:
         return f"snapshot {item.snapshot_id}"
     if isinstance(item, DeleteSourceVM):
         return f"source VM {item.vm_id} (with its disks and snapshots)"
+    if isinstance(item, PowerOnSource):
+        return f"power-on of source VM {item.vm_id} (this migration shut it down)"
     if isinstance(item, DeleteImportedDisk):
         return f"imported disk {item.disk_id} on the target"
     return f"snapshot operation {item.op_id}"

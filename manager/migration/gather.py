@@ -20,11 +20,11 @@ from manager.migration.model import (
     DeleteImportedDisk,
     DeleteObject,
     DeleteSnapshot,
-    DeleteSourceVM,
     Needs,
     Observations,
     OtherMigration,
     PowerOffSource,
+    PowerOnSource,
     Probe,
     RpcFailure,
     Side,
@@ -257,42 +257,42 @@ def _side(probe: Probe) -> Side:
     return "target" if isinstance(probe, DeleteImportedDisk) else "source"
 
 
+def _request(world: World, probe: Probe) -> tuple[str, Any]:
+    """(ProviderClient method, request) that submits ``probe``."""
+    op = probe.op_id
+    if isinstance(probe, PowerOffSource | PowerOnSource):
+        off = probe if isinstance(probe, PowerOffSource) else None
+        return "power", pb.PowerRequest(
+            operation_id=op,
+            vm_id=probe.vm_id,
+            action=pb.POWER_ACTION_SHUTDOWN if off else pb.POWER_ACTION_ON,
+            graceful_timeout_seconds=off.timeout_seconds if off else 0,
+        )
+    if isinstance(probe, CreateSnapshot):
+        return "create_snapshot", pb.CreateSnapshotRequest(
+            operation_id=op,
+            vm_id=probe.vm_id,
+            name=probe.name,
+            description=probe.description,
+            quiesce=True,
+        )
+    if isinstance(probe, DeleteObject):
+        location = world.location(probe.url)
+        return "delete_object", pb.DeleteObjectRequest(operation_id=op, location=location)
+    if isinstance(probe, DeleteSnapshot):
+        return "delete_snapshot", pb.DeleteSnapshotRequest(
+            operation_id=op, vm_id=probe.vm_id, snapshot_id=probe.snapshot_id
+        )
+    if isinstance(probe, DeleteImportedDisk):
+        return "delete_disk", pb.DeleteDiskRequest(operation_id=op, disk_id=probe.disk_id)
+    return "delete_vm", pb.DeleteVMRequest(operation_id=op, vm_id=probe.vm_id, delete_disks=True)
+
+
 def _submitter(world: World, probe: Probe) -> Callable[[ProviderClient], pb.Task]:
+    method, request = _request(world, probe)
+
     def submit(client: ProviderClient) -> pb.Task:
-        request: Any
-        if isinstance(probe, PowerOffSource):
-            request = pb.PowerRequest(
-                operation_id=probe.op_id,
-                vm_id=probe.vm_id,
-                action=pb.POWER_ACTION_SHUTDOWN,
-                graceful_timeout_seconds=probe.timeout_seconds,
-            )
-            return client.power(request)
-        if isinstance(probe, CreateSnapshot):
-            request = pb.CreateSnapshotRequest(
-                operation_id=probe.op_id,
-                vm_id=probe.vm_id,
-                name=probe.name,
-                description=probe.description,
-                quiesce=True,
-            )
-            return client.create_snapshot(request)
-        if isinstance(probe, DeleteObject):
-            request = pb.DeleteObjectRequest(
-                operation_id=probe.op_id, location=world.location(probe.url)
-            )
-            return client.delete_object(request)
-        if isinstance(probe, DeleteSnapshot):
-            request = pb.DeleteSnapshotRequest(
-                operation_id=probe.op_id, vm_id=probe.vm_id, snapshot_id=probe.snapshot_id
-            )
-            return client.delete_snapshot(request)
-        if isinstance(probe, DeleteImportedDisk):
-            return client.delete_disk(
-                pb.DeleteDiskRequest(operation_id=probe.op_id, disk_id=probe.disk_id)
-            )
-        assert isinstance(probe, DeleteSourceVM)
-        request = pb.DeleteVMRequest(operation_id=probe.op_id, vm_id=probe.vm_id, delete_disks=True)
-        return client.delete_vm(request)
+        task: pb.Task = getattr(client, method)(request)
+        return task
 
     return submit

@@ -169,6 +169,15 @@ class PowerOffSource:
 
 
 @dataclass(frozen=True)
+class PowerOnSource:
+    """Power ON of a source this migration shut down, once the migration failed or is
+    deleted before Ready (a cold migration must not leave a workload off for nothing)."""
+
+    op_id: str
+    vm_id: str
+
+
+@dataclass(frozen=True)
 class CreateSnapshot:
     op_id: str
     vm_id: str
@@ -254,6 +263,7 @@ class CancelTask:
 
 Probe = (
     PowerOffSource
+    | PowerOnSource
     | CreateSnapshot
     | DeleteObject
     | DeleteSnapshot

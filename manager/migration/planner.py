@@ -124,6 +124,10 @@ def probes(
         return snapshot.probes(migration, obs, settings) if due else []
     if status.phase is MigrationPhase.READY:
         return cleanup.ready_probes(migration, obs, now, settings)
+    if status.phase is MigrationPhase.FAILED:
+        found = snapshot.restore_probe(migration, obs, "restore")
+        restored = find_condition(status.conditions, "SourceRestored")
+        return [found] if found and restored is None else []
     return []
 
 
@@ -157,6 +161,8 @@ def plan(
         finish.validating_target(p)
     elif phase is MigrationPhase.READY:
         cleanup.after_ready(p)
+    elif phase is MigrationPhase.FAILED:
+        snapshot.after_failure(p)
     return p.plan
 
 

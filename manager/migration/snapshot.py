@@ -6,7 +6,12 @@ running source gets a Power SHUTDOWN task (graceful, forced off after
 application-consistent. ``status.sourcePoweredOff`` records the original power state:
 ``true`` when this migration shut the source down (it was running), ``false`` when it
 was already off; unset with the default policy ``Keep``. The source stays off after
-the migration (a cold migration must not let the two copies diverge).
+the migration (a cold migration must not let the two copies diverge). When the
+migration fails, or is deleted before Ready, a source it shut down is powered back on
+(probe ``PowerOnSource``; condition ``SourceRestored``: ``SourcePoweredOn`` or
+``PowerOnFailed``, with the events ``SourcePowerRestored`` /
+``SourcePowerRestoreFailed``). On deletion this waits until the migration's snapshot
+is gone, so the power-on never races the snapshot's merge.
 
 The snapshot is named ``vmmig-<uid8>-<attempt>``. Both steps are probes: the shell
 submits them with a deterministic operation id and the planner reads the task. A failed
@@ -18,13 +23,20 @@ submitted in the same pass (phase Exporting).
 
 from __future__ import annotations
 
-from manager.api import MigrationPhase, SourcePowerPolicy, VMMigration
+from manager.api import (
+    ConditionStatus,
+    MigrationPhase,
+    SourcePowerPolicy,
+    VMMigration,
+    find_condition,
+)
 from manager.migration import disks, naming, retry, transfer
 from manager.migration.context import TERMINAL_TASK_STATES, Pass
 from manager.migration.model import (
     CreateSnapshot,
     Observations,
     PowerOffSource,
+    PowerOnSource,
     Probe,
     RpcFailure,
     Settings,
@@ -51,6 +63,43 @@ def power_probe(migration: VMMigration, obs: Observations, s: Settings) -> Power
         return None
     op = naming.op_id(migration, _attempt(migration), "shutdown", vm_id)
     return PowerOffSource(op, vm_id, s.shutdown_timeout_seconds)
+
+
+def restore_probe(migration: VMMigration, obs: Observations, label: str) -> PowerOnSource | None:
+    """Power the source back on if this migration shut it down and has not restored it."""
+    status = migration.status
+    vm_id = _vm_id(obs)
+    if status is None or not status.source_powered_off or vm_id is None:
+        return None
+    restored = find_condition(status.conditions, "SourceRestored")
+    if restored is not None and restored.status is ConditionStatus.TRUE:
+        return None
+    return PowerOnSource(naming.op_id(migration, label, "power-on", vm_id), vm_id)
+
+
+def after_failure(p: Pass) -> None:
+    """Failed: power a source this migration shut down back on (once)."""
+    if find_condition(p.status.conditions, "SourceRestored") is not None:
+        return
+    probe = restore_probe(p.migration, p.obs, "restore")
+    if probe is None:
+        return
+    view = p.obs.probes.get(probe.op_id)
+    if view is None or (isinstance(view, pb.Task) and view.state not in TERMINAL_TASK_STATES):
+        p.poll()
+        return
+    if isinstance(view, pb.Task) and view.state == pb.TASK_STATE_SUCCEEDED:
+        message = f"source VM {probe.vm_id} powered back on after the failed migration"
+        p.condition("SourceRestored", True, "SourcePoweredOn", message)
+        p.event("SourcePowerRestored", message)
+        return
+    failure = view if isinstance(view, RpcFailure) else RpcFailure.from_task(view)
+    if failure.retryable and isinstance(view, RpcFailure):
+        p.wait()  # the provider cannot be reached yet: try again
+        return
+    message = f"could not power source VM {probe.vm_id} back on: {failure}; power it on by hand"
+    p.condition("SourceRestored", False, "PowerOnFailed", message)
+    p.event("SourcePowerRestoreFailed", message, warning=True)
 
 
 def create_probe(migration: VMMigration, obs: Observations) -> CreateSnapshot | None:

@@ -214,7 +214,7 @@ def _migrations_settled(migrations: Sequence[Obj]) -> int | None:
 def _cleanup_failed(migration: Obj) -> bool:
     for cond in (migration.get("status") or {}).get("conditions") or []:
         if cond.get("type") == "CleanedUp":
-            return cond.get("status") != "True" and cond.get("reason") == "CleanupFailed"
+            return bool(cond.get("status") != "True" and cond.get("reason") == "CleanupFailed")
     return False
 
 

@@ -16,7 +16,11 @@ from dataclasses import dataclass
 
 from manager.connections import ProviderConnections
 from manager.controllers.provider import ProviderReconciler
-from manager.controllers.virtualmachine import VirtualMachineReconciler, provider_watch
+from manager.controllers.virtualmachine import (
+    VirtualMachineReconciler,
+    migration_watch,
+    provider_watch,
+)
 from manager.runtime.controller import Watch
 from manager.runtime.manager import Manager
 from manager.runtime.types import Reconciler
@@ -94,7 +98,7 @@ def build(
     manager.add(
         VirtualMachineReconciler(store, connections),
         workers=4,
-        watches=[provider_watch(store)],
+        watches=[provider_watch(store), migration_watch()],
         resync_period=resync_period,
     )
     if not with_migrations:

@@ -13,7 +13,11 @@ import pytest
 
 from manager.connections import ProviderConnections
 from manager.controllers.provider import ProviderReconciler
-from manager.controllers.virtualmachine import VirtualMachineReconciler, provider_watch
+from manager.controllers.virtualmachine import (
+    VirtualMachineReconciler,
+    migration_watch,
+    provider_watch,
+)
 from manager.runtime.manager import Manager
 from manager.store.sqlite import SQLiteStore
 from providers.runtime import server as runtime_server
@@ -114,7 +118,7 @@ def running(store: SQLiteStore, connections: ProviderConnections) -> Iterator[Ma
     manager.add(
         VirtualMachineReconciler(store, connections, refresh=5.0),
         workers=2,
-        watches=[provider_watch(store)],
+        watches=[provider_watch(store), migration_watch()],
     )
     manager.start()
     yield manager

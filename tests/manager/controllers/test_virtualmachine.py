@@ -349,3 +349,28 @@ def test_a_retryable_create_failure_is_retried_after_its_backoff_not_at_once(
     status = wait_phase(store, "web", "Ready", timeout=60)
     assert "createRetryAt" not in status["provider"]
     assert len([v for v in mem.driver.vms.values() if v.name == "web"]) == 1
+
+
+def test_a_cold_migration_holds_its_source_off_until_it_fails(
+    store: SQLiteStore, mem: Hypervisor
+) -> None:
+    source = mem.driver.add_vm("legacy", {"vda": b"\x05" * MiB})  # off, as after the shutdown
+    store.create(
+        factory.migration("cold", source="legacy", sourcePowerPolicy="ShutdownBeforeSnapshot")
+    )
+    store.create(factory.vm("legacy", provider_name="mem", vmId=source.id, powerState="On"))
+    status = wait_phase(store, "legacy", "Ready")
+    assert "power held by VMMigration default/cold (cold migration)" in _ready(status)["message"]
+    assert status["powerState"] == "Off"
+    assert mem.driver.vms[source.id].power_state == pb.POWER_STATE_OFF
+    assert "PowerChanged" not in _reasons(store, "legacy")
+    # The migration failed: the hold ends and spec.powerState On applies again.
+    migration = store.get("VMMigration", "default", "cold")
+    store.update_status({**migration, "status": {"phase": "Failed"}})
+    wait_for(
+        lambda: _status(store, "legacy"),
+        lambda s: s.get("powerState") == "On",
+        60,
+        "source powered on once the hold ended",
+    )
+    assert mem.driver.vms[source.id].power_state == pb.POWER_STATE_ON

@@ -17,6 +17,7 @@ from manager.migration.progress import human_bytes
 from manager.store.base import Obj
 from tests.manager.migration.content_provider import content_digest
 from tests.manager.migration.harness import Harness, MiB, cleaned, phase_is
+from virtrigaud import errors
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 VDA = bytes(range(256)) * (3 * MiB // 256)
@@ -334,5 +335,47 @@ def test_a_providers_task_slots_bound_the_exports_in_flight(tmp_path: Path) -> N
         for disk in _migration(world.get(key)).status.disks:  # type: ignore[union-attr]
             landed = world.target.volumes[disk.imported_disk_id or ""].read_bytes()
             assert landed == data[disk.name]
+    finally:
+        world.close()
+
+
+def test_a_failed_cold_migration_powers_its_source_back_on(world: Harness) -> None:
+    world.source.vms[world.source_vm.id].power_state = pb.POWER_STATE_ON
+    world.target.inject["import_disk"] = errors.InvalidArgument("target_format: refused")
+    key = world.migrate(sourcePowerPolicy="ShutdownBeforeSnapshot")
+
+    def restored(obj: Obj | None) -> bool:
+        conditions = ((obj or {}).get("status") or {}).get("conditions") or []
+        return any(c["type"] == "SourceRestored" for c in conditions)
+
+    mig = _migration(world.drive(key, restored))
+    st = mig.status
+    assert st is not None and st.phase is not None and st.phase.value == "Failed"
+    assert st.source_powered_off is True  # it did shut the source down ...
+    assert world.source.vms[world.source_vm.id].power_state == pb.POWER_STATE_ON  # ... and back on
+    reasons = world.reasons(key)
+    assert reasons.index("SourcePoweredOff") < reasons.index("SourcePowerRestored")
+
+
+def test_deleting_a_cold_migration_powers_the_source_on_after_its_snapshot_is_gone(
+    tmp_path: Path,
+) -> None:
+    world = Harness(tmp_path, {"vda": b"\x01" * (16 * MiB)})
+    world.source.chunk_delay = 0.02
+    world.source.vms[world.source_vm.id].power_state = pb.POWER_STATE_ON
+    try:
+        key = world.migrate(sourcePowerPolicy="ShutdownBeforeSnapshot")
+        world.drive(key, lambda obj: any(d.get("exportTaskRef") for d in _disks(obj)))
+        assert world.source.vms[world.source_vm.id].power_state == pb.POWER_STATE_OFF
+        world.store.delete("VMMigration", "default", "mig")
+        world.drive(key, lambda obj: obj is None)
+        source = world.source.vms[world.source_vm.id]
+        assert list(source.snapshots) == [] and source.power_state == pb.POWER_STATE_ON
+        completed = [
+            e.message
+            for e in world.store.events_for("VMMigration", "default", "mig")
+            if e.reason == "CleanupCompleted"
+        ]
+        assert completed and "power-on of source VM" in completed[0]
     finally:
         world.close()
