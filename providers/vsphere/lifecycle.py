@@ -221,7 +221,7 @@ def create_vm(
     keep = [plan.path for plan in imported]
     try:
         if template is not None:
-            _finish_clone(client, vm, request, imported, nics)
+            _finish_clone(client, vm, request, firmware=firmware, imported=imported, nics=nics)
         ctx.check_cancelled()
         if request.power_on:
             ctx.set_stage("powering on")
@@ -247,12 +247,6 @@ def _clone(
         location=vim.vm.RelocateSpec(pool=pool.ref, datastore=target.datastore.ref),
         powerOn=False,
         template=False,
-        config=vim.vm.ConfigSpec(
-            numCPUs=request.cpu,
-            memoryMB=request.memory_mib,
-            firmware=firmware,
-            annotation=specs.annotation(request.labels) or None,
-        ),
     )
     return _run(
         client,
@@ -265,10 +259,13 @@ def _finish_clone(
     client: VSphereClient,
     vm: Any,
     request: CreateRequest,
+    *,
+    firmware: str,
     imported: list[specs.DiskPlan],
     nics: list[specs.NicPlan],
 ) -> None:
-    """Replace the clone's NICs, grow its boot disk, attach the imported disks."""
+    """Set CPU/memory/firmware, replace the clone's NICs, grow its boot disk, attach
+    the imported disks."""
     existing = _existing_devices(client, vm)
     devices = specs.DeviceBuilder(
         taken_buses={
@@ -296,9 +293,16 @@ def _finish_clone(
         devices.add_existing_disk(plan)
     for index, nic in enumerate(nics):
         devices.add_nic(nic, f"nics[{index}]")
-    if devices.changes:
-        spec = vim.vm.ConfigSpec(deviceChange=devices.changes)
-        _run(client, "configuring the clone", lambda: vm.ReconfigVM_Task(spec=spec))
+    # CPU, memory, firmware and notes are set here rather than in the CloneSpec: vcsim
+    # ignores CloneSpec.config, and one reconfiguration works the same everywhere.
+    spec = vim.vm.ConfigSpec(
+        numCPUs=request.cpu,
+        memoryMB=request.memory_mib,
+        firmware=firmware,
+        annotation=specs.annotation(request.labels) or None,
+        deviceChange=devices.changes,
+    )
+    _run(client, "configuring the clone", lambda: vm.ReconfigVM_Task(spec=spec))
 
 
 def _destroy_keeping(client: VSphereClient, vm: Any, keep: list[str]) -> None:

@@ -117,7 +117,7 @@ def vsphere_conformance_target(
             for moid in _vm_ids(vs) - before:
                 with contextlib.suppress(Exception):
                     vm = vs.vm(moid)
-                    if vm.runtime.powerState != "poweredOff":
+                    if vs.prop(moid, "runtime.powerState") != "poweredOff":
                         vs._wait(vm.PowerOffVM_Task())
                     vs._wait(vm.Destroy_Task())
             if imports_dir.is_dir():
@@ -131,7 +131,9 @@ def vsphere_conformance_target(
 
 def _disk_key(vs: Lab, vm_id: str) -> str:
     disks = [
-        d for d in vs.vm(vm_id).config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
+        d
+        for d in vs.prop(vm_id, "config.hardware.device")
+        if isinstance(d, vim.vm.device.VirtualDisk)
     ]
     return str(disks[0].key)
 
@@ -146,7 +148,9 @@ def _set_dvpg_nic(vs: Lab, vm_id: str) -> None:
     view.DestroyView()
     vm = vs.vm(vm_id)
     nic = next(
-        d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualEthernetCard)
+        d
+        for d in vs.prop(vm_id, "config.hardware.device")
+        if isinstance(d, vim.vm.device.VirtualEthernetCard)
     )
     nic.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
         port=vim.dvs.PortConnection(

@@ -206,15 +206,19 @@ class Lab:
     def vm(self, vm_id: str) -> Any:
         return vim.VirtualMachine(vm_id, self.client._stub)
 
+    def prop(self, vm_id: str, path: str) -> Any:
+        """One property of a VM through the PropertyCollector (pyvmomi's attribute
+        access reads the whole ``config`` and trips over some of vcsim's values)."""
+        return self.client.properties(self.vm(vm_id), [path], "test").get(path)
+
     def detach_and_destroy(self, vm: Any) -> None:
         """Remove a VM without deleting its disk files (vcsim's Destroy would)."""
         with contextlib.suppress(Exception):
-            if vm.runtime.powerState != "poweredOff":
+            if self.prop(vm._moId, "runtime.powerState") != "poweredOff":
                 self._wait(vm.PowerOffVM_Task())
         with contextlib.suppress(Exception):
-            disks = [
-                d for d in vm.config.hardware.device if isinstance(d, vim.vm.device.VirtualDisk)
-            ]
+            devices = self.prop(vm._moId, "config.hardware.device") or []
+            disks = [d for d in devices if isinstance(d, vim.vm.device.VirtualDisk)]
             if disks:
                 spec = vim.vm.ConfigSpec(
                     deviceChange=[
