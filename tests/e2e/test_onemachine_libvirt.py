@@ -367,6 +367,91 @@ def test_killed_run_resumes_without_redoing_finished_disks(
     assert _providers_of(env) == []
 
 
+def _status_of(store_path: Path) -> dict[str, Any]:
+    if not store_path.exists():
+        return {}
+    store = SQLiteStore(store_path)
+    try:
+        obj = store.get("VMMigration", "default", "move-app")
+    except errors.NotFound:
+        obj = {}
+    finally:
+        store.close()
+    return dict(obj.get("status") or {})
+
+
+def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
+    env: LibvirtEnv, source: Source, tmp_path: Path
+) -> None:
+    """Delete the VMMigration while one disk is imported and the other still imports:
+    the running import is cancelled, the imported volume deleted on the target
+    (DeleteDisk), the intermediate objects and the source snapshot removed; the source
+    keeps running untouched."""
+    conn = env.connect()
+    try:  # a third disk with 192 MiB of data: its import takes a while
+        pool = conn.storagePoolLookupByName(env.pool)
+        name = env.name(f"e2e-{secrets.token_hex(3)}-big.img")
+        big = str(pool.createXML(volxml.build_volume(name, 256 * MiB, "raw"), 0).path())
+        subprocess.run(
+            ["qemu-io", "-f", "raw", "-c", f"write -P 0x7e 0 {192 * MiB}", big],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        dom = conn.lookupByUUIDString(source.uuid)
+        dom.attachDeviceFlags(
+            f"<disk type='file' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source file='{big}'/><target dev='vdc' bus='virtio'/></disk>",
+            3,  # live + config
+        )
+    finally:
+        conn.close()
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    proc = _run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
+    store_path = tmp_path / "state.db"
+    deadline = time.monotonic() + 600
+    seen: dict[str, str] = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        disks = {d["name"]: d.get("phase", "") for d in _status_of(store_path).get("disks") or []}
+        seen = disks
+        if "Imported" in disks.values() and "Importing" in disks.values():
+            break
+        time.sleep(0.02)
+    assert "Importing" in seen.values(), f"never caught an import in flight: {seen}"
+    store = SQLiteStore(store_path)
+    store.delete("VMMigration", "default", "move-app")
+    store.close()
+    deadline = time.monotonic() + 300
+    while _status_of(store_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _status_of(store_path), "the finalizer never finished"
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    store = SQLiteStore(store_path)
+    events = store.events_for("VMMigration", "default", "move-app")
+    store.close()
+    completed = [e.message for e in events if e.reason == "CleanupCompleted"]
+    assert completed and "imported disk" in completed[0], [e.reason for e in events]
+    assert [p for p in nfs.rglob("*") if p.is_file()] == []
+    conn = env.connect()
+    try:
+        target_pool = conn.storagePoolLookupByName(env.pool2)
+        target_pool.refresh(0)
+        assert (
+            target_pool.listAllVolumes(0) == []
+            or [v.name() for v in target_pool.listAllVolumes(0)] == []
+        )
+        src_dom = conn.lookupByUUIDString(source.uuid)
+        assert src_dom.snapshotNum(0) == 0 and src_dom.isActive()
+        disks = [
+            d.path for d in domxml.parse_domain(src_dom.XMLDesc(0)).disks if d.device == "disk"
+        ]
+        assert disks == [path for path, _ in source.disks] + [big]
+    finally:
+        conn.close()
+
+
 def _providers_of(env: LibvirtEnv) -> list[int]:
     """Provider processes still running for this session's pools."""
     found = []
