@@ -438,16 +438,13 @@ def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
     try:
         target_pool = conn.storagePoolLookupByName(env.pool2)
         target_pool.refresh(0)
-        assert (
-            target_pool.listAllVolumes(0) == []
-            or [v.name() for v in target_pool.listAllVolumes(0)] == []
-        )
+        assert [v.name() for v in target_pool.listAllVolumes(0)] == []
         src_dom = conn.lookupByUUIDString(source.uuid)
         assert src_dom.snapshotNum(0) == 0 and src_dom.isActive()
-        disks = [
+        attached = [
             d.path for d in domxml.parse_domain(src_dom.XMLDesc(0)).disks if d.device == "disk"
         ]
-        assert disks == [path for path, _ in source.disks] + [big]
+        assert attached == [path for path, _ in source.disks] + [big]
     finally:
         conn.close()
 
