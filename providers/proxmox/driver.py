@@ -31,8 +31,10 @@ Provider options (``ProviderConfig.options``):
 * ``nodeScratchDir`` -- node directory for the temporary copy an export makes
   (default ``/var/tmp``); ``scratchDir`` / ``scratchLimit`` -- the provider's local
   scratch directory and its budget (``K``/``M``/``G``/``T``);
-* ``keepImportedDisks`` -- ``true`` keeps import volumes after CreateVM copied them
-  (default ``false``: they are removed once the VM exists);
+* ``removeImportedAfterCreate`` -- ``true`` deletes import volumes as soon as CreateVM
+  copied them into the VM (saves the space of a second copy; the VM can then no
+  longer be deleted with ``delete_disks=false``). Default ``false``: they stay until
+  DeleteVM with ``delete_disks=true`` or DeleteDisk after the VM is gone;
 * ``apiTimeout`` -- seconds per API request (default 30).
 """
 
@@ -219,7 +221,7 @@ def settings_from(options: dict[str, str]) -> Settings:
         scratch=ScratchSettings(
             directory, parse_size(limit_text, "scratchLimit") if limit_text else None
         ),
-        keep_imported=_flag(options, "keepImportedDisks", False),
+        remove_imported=_flag(options, "removeImportedAfterCreate", False),
     )
 
 

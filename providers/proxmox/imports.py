@@ -49,7 +49,7 @@ from providers.common.progress import StagedContext
 from providers.common.scratch import MIB, Scratch
 from providers.common.sparsefile import iter_file
 from providers.proxmox import nodeops
-from providers.proxmox.lifecycle import sidecar
+from providers.proxmox.lifecycle import imported_volumes, sidecar
 from providers.proxmox.site import FILE_STORAGE_TYPES, Site, content_dir
 from providers.runtime.tasks import TaskContext
 from virtrigaud import errors
@@ -282,11 +282,14 @@ def delete_disk(site: Site, disk_id: str, ctx: TaskContext) -> None:
     for item in site.api.get(f"nodes/{site.node}/qemu"):
         vmid = str(item.get("vmid"))
         try:
-            values = site.api.get(site.qemu(vmid, "config")).values()
+            vm = dict(site.api.get(site.qemu(vmid, "config")))
         except (errors.NotFound, errors.FailedPrecondition):
             continue  # deleted meanwhile
-        if any(disk_id in str(v) or path in str(v) for v in values):
-            raise errors.FailedPrecondition(f"disk_id: {disk_id} is used by VM {vmid}")
+        drives = [str(v).split(",")[0] for k, v in vm.items() if k != "description"]
+        if disk_id in imported_volumes(vm) or disk_id in drives or path in drives:
+            raise errors.FailedPrecondition(
+                f"disk_id: {disk_id} is in use by VM {vmid} (created from it); delete the VM first"
+            )
     ctx.set_stage("deleting")
     nodeops.remove(site.access, path, sidecar(path))
     log.info("disk_deleted", disk_id=disk_id)

@@ -9,8 +9,10 @@ buses, the imported volumes exist on the node), then:
   PVE allocates a volume of the image's size on the target storage and copies the
   data into it (qemu-img, on the node). PVE < 8.2 has no ``import`` content type; it
   is given the absolute path instead, which PVE allows to ``root@pam`` only.
-  The import volumes are deleted once the VM exists (the VM has its own copy), unless
-  the provider option ``keepImportedDisks`` is true;
+  The VM's description lists the import volumes (``virtrigaud-imported: <volume>``):
+  they are the imported disks of the contract, which PVE copied rather than
+  attached. They stay (DeleteDisk refuses them while the VM exists) unless the
+  provider option ``removeImportedAfterCreate`` is true;
 * **an image** (``ImageRef``: a template's name or vmid): a full clone of the template
   to the target storage (``POST .../clone``), then the requested CPU, memory,
   firmware and NICs are set on the clone (the template's NICs are replaced). Further
@@ -26,8 +28,11 @@ Power: ON starts (or resumes a paused VM); OFF is ``status/stop`` (hard); SHUTDO
 (shutdown as above, then start), like the libvirt provider's.
 
 DeleteVM: a running VM is stopped, then ``DELETE .../qemu/{vmid}?purge=1`` with
-``destroy-unreferenced-disks=1``. PVE always destroys a VM's own disks with it, so
-``delete_disks=false`` is refused (Unsupported) rather than silently ignored.
+``destroy-unreferenced-disks=1``. PVE always destroys a VM's own disks with it; the
+import volumes the VM was created from are deleted too with ``delete_disks=true`` and
+kept with ``false`` (they are the retained disks). A VM without import volumes to
+keep is refused with ``delete_disks=false`` (Unsupported) rather than losing its only
+disks silently.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ log = get_logger("virtrigaud.proxmox")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 120
 MARKER = "virtrigaud-operation: "
+IMPORTED = "virtrigaud-imported: "
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 IMPORT_FROM_VOLUME_MIN = (8, 2)  # the "import" content type and import-from=<volume>
 
@@ -61,8 +67,9 @@ class ImportedSource:
     size: int
 
 
-def description(operation_id: str, labels: dict[str, str]) -> str:
+def description(operation_id: str, labels: dict[str, str], imported: list[str]) -> str:
     lines = [f"{MARKER}{operation_id}"]
+    lines += [f"{IMPORTED}{volid}" for volid in imported]
     lines += [f"{key}: {value}" for key, value in sorted(labels.items())]
     return "\n".join(lines)
 
@@ -251,7 +258,9 @@ def create_vm(site: Site, req: pb.CreateVMRequest, ctx: TaskContext) -> str:
         "cores": req.cpu,
         "sockets": 1,
         "memory": req.memory_mib,
-        "description": description(req.operation_id, dict(req.labels)),
+        "description": description(
+            req.operation_id, dict(req.labels), [s.volid for s in plan.consumed]
+        ),
         "bios": "ovmf" if req.firmware == pb.FIRMWARE_UEFI else "seabios",
     }
     if req.firmware == pb.FIRMWARE_UEFI:
@@ -287,7 +296,7 @@ def create_vm(site: Site, req: pb.CreateVMRequest, ctx: TaskContext) -> str:
         if created:
             _undo_create(site, vmid)
         raise
-    if plan.consumed and not site.settings.keep_imported:
+    if plan.consumed and site.settings.remove_imported:
         ctx.set_stage("removing import volumes")
         paths = [s.path for s in plan.consumed] + [sidecar(s.path) for s in plan.consumed]
         try:
@@ -370,12 +379,36 @@ def _undo_create(site: Site, vmid: str) -> None:
 # -- delete -------------------------------------------------------------------------
 
 
+def imported_volumes(config: dict[str, Any]) -> list[str]:
+    """The import volumes a VM was created from (listed in its description)."""
+    return [
+        line[len(IMPORTED) :].strip()
+        for line in str(config.get("description", "")).splitlines()
+        if line.startswith(IMPORTED)
+    ]
+
+
 def delete_vm(site: Site, vm_id: str, delete_disks: bool, ctx: TaskContext) -> None:
+    """Destroy the VM (purge). Its own volumes always go with it (PVE); the import
+    volumes it was created from are removed with ``delete_disks`` and kept without:
+    they are the retained disks. A VM with no import volumes to keep cannot be
+    deleted with ``delete_disks=false`` (Unsupported: PVE would destroy its only
+    disks)."""
     vmid = check_vmid(vm_id)
-    vm_config(site, vmid)  # NotFound first
-    if not delete_disks:
+    config = vm_config(site, vmid)
+    sources: list[tuple[str, str]] = []  # (volid, node path) of import volumes
+    for volid in imported_volumes(config):
+        storage, _, volname = volid.partition(":")
+        try:
+            directory = content_dir(site.storage_config(storage, "disk"), "import")
+        except errors.NotFound:
+            continue
+        sources.append((volid, f"{directory}/{volname[len('import/') :]}"))
+    present = [s for s in sources if nodeops.exists(site.access, s[1])]
+    if not delete_disks and (not sources or len(present) != len(sources)):
         raise errors.Unsupported(
-            "delete_disks: PVE destroys a VM's disks with the VM; keeping them is not supported"
+            f"delete_disks: PVE destroys VM {vmid}'s disks with the VM and no imported disk "
+            "of it is left to keep; delete it with delete_disks=true"
         )
     status = site.api.get(site.qemu(vmid, "status/current"))
     if status.get("status") == "running":
@@ -392,7 +425,10 @@ def delete_vm(site: Site, vm_id: str, delete_disks: bool, ctx: TaskContext) -> N
         ctx.cancel_event,
         {"purge": 1, "destroy-unreferenced-disks": 1},
     )
-    log.info("vm_deleted", vm_id=vmid)
+    if delete_disks and present:
+        ctx.set_stage("removing import volumes")
+        nodeops.remove(site.access, *(p for _, p in present), *(sidecar(p) for _, p in present))
+    log.info("vm_deleted", vm_id=vmid, imported_kept=0 if delete_disks else len(present))
 
 
 # -- power --------------------------------------------------------------------------

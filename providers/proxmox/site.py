@@ -32,7 +32,7 @@ class Settings:
     import_storage: str = ""  # file storage with content "import" ("" = the target's)
     node_scratch: str = "/var/tmp"  # noqa: S108 - a directory on the node, made private per export
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
-    keep_imported: bool = False  # keep import volumes after CreateVM copied them
+    remove_imported: bool = False  # delete import volumes once CreateVM copied them
     task_timeout: float = 3600.0
 
 

@@ -10,6 +10,7 @@ import pytest
 from manager.providerclient import ProviderClient, RetryPolicy
 from providers.runtime import server as runtime_server
 from tests.conformance.libvirt_target import libvirt_conformance_target
+from tests.conformance.proxmox_target import proxmox_conformance_target
 from tests.conformance.targets import TARGETS, ConformanceTarget
 from tests.conformance.vsphere_target import vsphere_conformance_target
 from tests.fakes.memory_provider import MemoryProvider, nfs_path

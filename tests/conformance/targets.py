@@ -44,5 +44,7 @@ class ConformanceTarget:
 TARGETS: list[TargetSpec] = [
     TargetSpec("memory", "memory_conformance_target"),
     TargetSpec("libvirt", "libvirt_conformance_target", ALL_METHODS),  # real libvirtd + QEMU
+    # fakepve (API) + a real sshd as the node, real image files: every method is backed
+    TargetSpec("proxmox", "proxmox_conformance_target", ALL_METHODS),
     TargetSpec("vsphere", "vsphere_conformance_target", ALL_METHODS),  # vcsim (govmomi)
 ]

@@ -166,6 +166,25 @@ class PveEnv:
         return self.storage_path / "import"
 
 
+SLOW_SIZE = 1024 * MiB
+
+
+def slow_disk(pve_env: PveEnv) -> tuple[str, str]:
+    """A stopped VM with a 1 GiB raw disk holding 384 MiB of data (made once)."""
+    cached = pve_env.extra.get("slow")
+    if isinstance(cached, tuple):
+        return cached
+    vm = pve_env.add_vm("slow-vm", {"scsi0": ("raw", SLOW_SIZE, b"\x01")})
+    with open(vm.disks["scsi0"], "r+b") as handle:
+        block = bytes(range(1, 256)) * (MiB // 255) + b"\x5a" * (MiB % 255)
+        for run in range(24):
+            handle.seek(run * 40 * MiB)
+            for _ in range(16):
+                handle.write(block)
+    pve_env.extra["slow"] = (vm.vmid, "scsi0")
+    return vm.vmid, "scsi0"
+
+
 def write_image(path: Path, fmt: str, size: int, data: bytes) -> None:
     """An image of ``size`` bytes holding ``data`` at 0 and at the middle."""
     subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), str(size)], check=True)

@@ -22,7 +22,7 @@ import pytest
 from manager.providerclient import ProviderClient, RetryPolicy, raise_for_task
 from providers.proxmox.driver import ProxmoxDriver, create
 from providers.runtime import server as runtime_server
-from tests.providers.proxmox.env import BRIDGE, STORAGE, MiB, PveEnv, content_sha256, write_image
+from tests.providers.proxmox.env import BRIDGE, STORAGE, MiB, PveEnv, content_sha256, slow_disk
 from tests.servers import sshd
 from virtrigaud import errors
 from virtrigaud.provider.v1 import provider_pb2 as pb
@@ -231,8 +231,20 @@ def test_import_then_create_vm_from_the_imported_disk(
     assert disk_file.is_relative_to(pve_env.storage_path / "images" / created)
     assert content_sha256(disk_file, "qcow2") == exported.content_sha256
     assert [(n.network, n.mac) for n in described.nics] == [(BRIDGE, "52:54:00:0a:0b:0c")]
-    # The import volume was consumed.
-    assert not volume.exists()
+    # PVE copied the import volume: it stays, listed by the VM, and is refused by
+    # DeleteDisk while the VM exists; DeleteVM with delete_disks removes both.
+    assert volume.exists()
+    assert (
+        f"virtrigaud-imported: {result.disk_id}"
+        in pve_env.pve.vm(int(created)).config["description"].splitlines()
+    )
+    refused = _error(
+        pve_provider,
+        pve_provider.delete_disk(
+            pb.DeleteDiskRequest(operation_id=_op("dd"), disk_id=result.disk_id)
+        ),
+    )
+    assert isinstance(refused, errors.FailedPrecondition) and created in refused.message
     _run(
         pve_provider,
         pve_provider.delete_vm(
@@ -240,6 +252,8 @@ def test_import_then_create_vm_from_the_imported_disk(
         ),
     )
     assert not disk_file.exists()
+    assert not volume.exists()
+    assert not (pve_env.import_dir() / f".{name}.qcow2.virtrigaud.json").exists()
 
 
 def test_create_vm_with_a_missing_import_volume_is_not_found(
@@ -401,7 +415,9 @@ def test_a_cancelled_export_leaves_nothing_on_the_node_or_the_provider(
     assert final.state == pb.TASK_STATE_CANCELLED, final
     assert not (exports_dir / "cancel.img").exists()
     _assert_clean(pve_env)
-    busy = subprocess.run(["pgrep", "-f", str(pve_env.node_tmp)], capture_output=True, text=True)
+    busy = subprocess.run(
+        ["pgrep", "-f", str(pve_env.node_tmp)], capture_output=True, text=True, check=False
+    )
     assert busy.stdout.strip() == "", "the node's qemu-img was not stopped"
 
 
@@ -424,25 +440,3 @@ def test_local_node_access_moves_the_same_bytes(pve_env: PveEnv, exports_dir: Pa
     finally:
         driver.close()
     _assert_clean(pve_env)
-
-
-SLOW_SIZE = 1024 * MiB
-
-
-def slow_disk(pve_env: PveEnv) -> tuple[str, str]:
-    """A stopped VM with a 1 GiB raw disk holding 384 MiB of data (made once)."""
-    cached = pve_env.extra.get("slow")
-    if isinstance(cached, tuple):
-        return cached
-    vm = pve_env.add_vm("slow-vm", {"scsi0": ("raw", SLOW_SIZE, b"\x01")})
-    with open(vm.disks["scsi0"], "r+b") as handle:
-        block = bytes(range(1, 256)) * (MiB // 255) + b"\x5a" * (MiB % 255)
-        for run in range(24):
-            handle.seek(run * 40 * MiB)
-            for _ in range(16):
-                handle.write(block)
-    pve_env.extra["slow"] = (vm.vmid, "scsi0")
-    return vm.vmid, "scsi0"
-
-
-__all__ = ["slow_disk", "write_image"]
