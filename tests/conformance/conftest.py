@@ -19,7 +19,11 @@ from virtrigaud.provider.v1 import provider_pb2 as pb
 MiB = 1 << 20
 
 # fixtures of other targets, used by name
-__all__ = ["libvirt_conformance_target", "vsphere_conformance_target"]
+__all__ = [
+    "libvirt_conformance_target",
+    "proxmox_conformance_target",
+    "vsphere_conformance_target",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
