@@ -277,4 +277,6 @@ def create(config: ProviderConfig) -> ProxmoxDriver:
     api = PveApi(endpoint, Credentials.from_secret(credentials), verify=verify, timeout=timeout)
     access = node_access(options, credentials, endpoint)
     node = _node_name(api, options.get("node", ""))
-    return ProxmoxDriver(Site(api, node, access, settings_from(options)))
+    driver = ProxmoxDriver(Site(api, node, access, settings_from(options)))
+    driver.storage_allowed_hosts = tuple(config.allowed_storage_hosts)
+    return driver

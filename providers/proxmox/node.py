@@ -150,12 +150,15 @@ def write_stream(
     """Feed ``chunks`` to the stdin of ``argv`` and wait for it to succeed."""
     proc = node.start(argv)
     watcher = _Watch(proc, cancel)
+    write_error: errors.VirtrigaudError | None = None
     try:
         try:
             for chunk in chunks:
                 if watcher.fired:
                     break
                 proc.write(chunk)
+        except (errors.Unavailable, errors.FailedPrecondition) as exc:
+            write_error = exc  # the command stopped reading: its own error says why
         finally:
             proc.close_stdin()
         while proc.read(CHUNK):
@@ -171,6 +174,8 @@ def write_stream(
         raise errors.Cancelled(f"node command {argv[0]} cancelled")
     if status != 0:
         raise CommandFailed(_command_text(argv), status, proc.stderr_text())
+    if write_error is not None:
+        raise write_error
 
 
 class _Watch:
@@ -181,6 +186,7 @@ class _Watch:
         self._proc = proc
         self._cancel = cancel
         self._done = threading.Event()
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         if cancel is not None:
             self._thread = threading.Thread(target=self._run, name="node-cancel", daemon=True)
@@ -190,16 +196,18 @@ class _Watch:
         assert self._cancel is not None
         while not self._done.is_set():
             if self._cancel.wait(0.1):
-                if not self._done.is_set():
+                with self._lock:
+                    if self._done.is_set():
+                        return
                     self.fired = True
-                    with contextlib.suppress(Exception):
-                        self._proc.kill()
+                with contextlib.suppress(Exception):
+                    self._proc.kill()
                 return
 
     def stop(self) -> None:
+        """No kill after this returns (the thread checks ``_done`` first); it is not
+        joined, so a finished command costs no wait for the thread's next poll."""
         self._done.set()
-        if self._thread is not None:
-            self._thread.join()
 
 
 # -- SSH -----------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from providers.proxmox.driver import ProxmoxDriver, create
 from providers.runtime import server as runtime_server
 from tests.providers.proxmox.env import BRIDGE, STORAGE, MiB, PveEnv, content_sha256, slow_disk
 from tests.servers import sshd
+from tests.servers.seaweedfs import SeaweedFS
 from virtrigaud import errors
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
@@ -440,3 +441,120 @@ def test_local_node_access_moves_the_same_bytes(pve_env: PveEnv, exports_dir: Pa
     finally:
         driver.close()
     _assert_clean(pve_env)
+
+
+def test_migration_round_trip_through_real_s3(
+    pve_env: PveEnv, pve_provider: ProviderClient, seaweed: SeaweedFS
+) -> None:
+    """Export to SeaweedFS (S3), import from it, create the VM: same content digest."""
+    vm = pve_env.add_vm("s3-src", {"scsi0": ("qcow2", 16 * MiB, b"\x3c" * 300_000)})
+    bucket = seaweed.create_bucket(f"pve-{uuid.uuid4().hex[:6]}")
+    location = pb.StorageLocation(
+        backend=pb.STORAGE_BACKEND_S3,
+        url=f"s3://{bucket}/vm/scsi0.qcow2",
+        credentials=seaweed.credentials(),
+        options={"endpoint": seaweed.endpoint},
+    )
+    exported = _export(pve_provider, vm.vmid, "scsi0", location)
+    stored = seaweed.client().get_object(Bucket=bucket, Key="vm/scsi0.qcow2")["Body"].read()
+    assert hashlib.sha256(stored).hexdigest() == exported.sha256
+    name = f"s3-{uuid.uuid4().hex[:6]}"
+    result = _run(pve_provider, _import(pve_provider, location, exported, name)).import_result
+    assert result.content_sha256 == content_sha256(vm.disks["scsi0"], "qcow2")
+    assert content_sha256(Path(result.path), "qcow2") == result.content_sha256
+    _run(
+        pve_provider,
+        pve_provider.delete_disk(
+            pb.DeleteDiskRequest(operation_id=_op("dd"), disk_id=result.disk_id)
+        ),
+    )
+    _assert_clean(pve_env)
+
+
+def test_import_for_a_block_storage_is_raw_in_the_import_storage(
+    pve_env: PveEnv, pve_provider: ProviderClient, exports_dir: Path
+) -> None:
+    vm = pve_env.add_vm("lvm-src", {"scsi0": ("qcow2", 8 * MiB, b"\x17" * 4096)})
+    location = _location(exports_dir, "lvm.qcow2")
+    exported = _export(pve_provider, vm.vmid, "scsi0", location)
+    request = pb.ImportDiskRequest(
+        operation_id=_op("import"),
+        source=location,
+        expected_sha256=exported.sha256,
+        source_format=exported.format,
+        storage_hint="local-lvm",
+        target_volume_name="lvm-disk",
+    )
+    error = _error(pve_provider, pve_provider.import_disk(request))
+    assert isinstance(error, errors.FailedPrecondition) and "importStorage" in error.message
+    request.storage_hint = "no-such-storage"
+    request.operation_id = _op("import")
+    assert isinstance(_error(pve_provider, pve_provider.import_disk(request)), errors.NotFound)
+    driver = pve_env.driver(importStorage=STORAGE)
+    try:
+        for client in _serve(driver):
+            request.storage_hint = "local-lvm"
+            request.operation_id = _op("import")
+            result = _run(client, client.import_disk(request)).import_result
+            assert result.format == pb.DISK_FORMAT_RAW  # what an LVM-thin volume holds
+            assert result.disk_id == f"{STORAGE}:import/lvm-disk.raw"
+            assert content_sha256(Path(result.path), "raw") == exported.content_sha256
+            before = len(pve_env.pve.requests)
+            vm_id = _run(
+                client,
+                client.create_vm(
+                    pb.CreateVMRequest(
+                        operation_id=_op("create"),
+                        name="on-lvm",
+                        cpu=1,
+                        memory_mib=128,
+                        storage_hint="local-lvm",
+                        disks=[pb.DiskSpec(imported=pb.ImportedDisk(disk_id=result.disk_id))],
+                    )
+                ),
+            ).create_vm_result.vm_id
+            posted = [
+                b
+                for m, p, b in pve_env.pve.requests[before:]
+                if m == "POST" and p.endswith("/qemu")
+            ]
+            # No format= for a block storage: PVE writes raw there.
+            assert parse_qs(bytes(posted[0]).decode())["scsi0"] == [
+                f"local-lvm:0,import-from={result.disk_id}"
+            ]
+            assert client.describe_vm(vm_id).disks[0].storage == "local-lvm"
+            _run(
+                client,
+                client.delete_vm(
+                    pb.DeleteVMRequest(operation_id=_op("d"), vm_id=vm_id, delete_disks=True)
+                ),
+            )
+            assert not Path(result.path).exists()
+    finally:
+        driver.close()
+
+
+def test_a_cancelled_import_leaves_nothing_on_the_node_or_the_provider(
+    pve_env: PveEnv, pve_provider: ProviderClient, exports_dir: Path
+) -> None:
+    vm_id, disk = slow_disk(pve_env)
+    location = _location(exports_dir, "big.qcow2")
+    exported = _export(pve_provider, vm_id, disk, location, target_format=pb.DISK_FORMAT_QCOW2)
+    name = f"cancelled-{uuid.uuid4().hex[:6]}"
+    task = _import(pve_provider, location, exported, name)
+    deadline = time.monotonic() + TIMEOUT
+    while pve_provider.get_task(task.id).stage != "writing to the node":
+        assert time.monotonic() < deadline and pve_provider.get_task(task.id).state in (
+            pb.TASK_STATE_PENDING,
+            pb.TASK_STATE_RUNNING,
+        )
+        time.sleep(0.01)
+    pve_provider.cancel_task(task.id)
+    final = pve_provider.wait_task(task.id, timeout=TIMEOUT)
+    assert final.state == pb.TASK_STATE_CANCELLED, final
+    assert not (pve_env.import_dir() / f"{name}.qcow2").exists()
+    _assert_clean(pve_env)
+    busy = subprocess.run(
+        ["pgrep", "-f", f"of={pve_env.import_dir()}"], capture_output=True, text=True, check=False
+    )
+    assert busy.stdout.strip() == "", "the node's dd was not stopped"
