@@ -99,6 +99,7 @@ _FAULTS: tuple[tuple[Any, type[errors.VirtrigaudError]], ...] = (
     (vim.fault.CannotDeleteFile, errors.FailedPrecondition),
     (vim.fault.FileFault, errors.FailedPrecondition),
     (vmodl.fault.RequestCanceled, errors.Cancelled),
+    (vmodl.fault.MethodNotFound, errors.Unsupported),
     (vmodl.fault.NotSupported, errors.Unsupported),
     (vmodl.fault.NotImplemented, errors.Unsupported),
     (vmodl.fault.InvalidArgument, errors.InvalidArgument),

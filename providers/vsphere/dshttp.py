@@ -130,7 +130,26 @@ class DatastoreFiles:
         on_allocate: Callable[[int], None] | None = None,
     ) -> int:
         """Stream the file into the new sparse file ``dest``; returns its size."""
-        what = f"reading {path}"
+        return self.download_url(
+            self.url(path),
+            dest,
+            ctx,
+            what=f"reading {path}",
+            on_bytes=on_bytes,
+            on_allocate=on_allocate,
+        )
+
+    def download_url(
+        self,
+        url: str,
+        dest: str,
+        ctx: Progress,
+        *,
+        what: str,
+        on_bytes: ByteProgress | None = None,
+        on_allocate: Callable[[int], None] | None = None,
+    ) -> int:
+        """``download`` for any URL of the endpoint's hosts (NFC lease URLs too)."""
         writer = SparseWriter(dest, on_allocate=on_allocate, durable=False)
         try:
             attempts = 0
@@ -140,7 +159,8 @@ class DatastoreFiles:
                 headers = self._headers({"Range": f"bytes={writer.size}-"} if writer.size else {})
                 try:
                     total = self._receive(
-                        path,
+                        url,
+                        what,
                         headers=headers,
                         writer=writer,
                         total=total,
@@ -156,7 +176,7 @@ class DatastoreFiles:
                         raise _transport_error(exc, what) from exc
                     log.info(
                         "datastore_download_resume",
-                        path=str(path),
+                        what=what,
                         offset=writer.size,
                         attempt=attempts,
                     )
@@ -168,7 +188,8 @@ class DatastoreFiles:
 
     def _receive(
         self,
-        path: DsPath,
+        url: str,
+        what: str,
         *,
         headers: dict[str, str],
         writer: SparseWriter,
@@ -176,9 +197,8 @@ class DatastoreFiles:
         ctx: Progress,
         on_bytes: ByteProgress | None,
     ) -> int:
-        what = f"reading {path}"
         offset = writer.size
-        with self._http.stream("GET", self.url(path), headers=headers) as resp:
+        with self._http.stream("GET", url, headers=headers) as resp:
             expected = 206 if offset else 200
             if resp.status_code != expected:
                 if offset and resp.status_code == 200:

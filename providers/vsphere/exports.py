@@ -19,9 +19,11 @@ and content digests and uploads it. ``ExportResult.source_format`` is VMDK.
 What only real vSphere can decide: ESXi locks the files of a running VM's current
 delta; the files under a snapshot are opened read-only by the VM and are normally
 readable through ``/folder`` as well, but a host may refuse them (HTTP 500 / file
-locked) -- then power the VM off, or export from a clone. The NFC export lease
-(``ExportVm``) is not used: it needs a powered-off VM too, and the simulator the
-tests run on does not implement it (see docs/providers/vsphere.md).
+locked), and vSAN / vVols datastores have no plain files to serve. For those the
+provider option ``exportMethod=nfc`` reads the disk through an NFC export lease
+instead (``nfc``: a temporary linked clone at the snapshot, ``ExportVm``); the
+simulator the tests run on does not implement ExportVm, so that path is not proven
+by them (see docs/providers/vsphere.md).
 
 Nothing is written to the datastore, and scratch is removed on every exit path
 (cancellation included).
@@ -38,7 +40,7 @@ from providers.common import transfer
 from providers.common.progress import StagedContext
 from providers.common.scratch import Scratch
 from providers.runtime.tasks import TaskContext
-from providers.vsphere import dspath, inventory, placement, vmdk
+from providers.vsphere import dspath, inventory, nfc, placement, vmdk
 from providers.vsphere.client import VSphereClient, vim
 from providers.vsphere.dshttp import DatastoreFiles
 from providers.vsphere.settings import Settings
@@ -58,6 +60,8 @@ class Source:
     disk_id: str
     capacity: int
     descriptors: tuple[dspath.DsPath, ...]
+    bus_number: int = 0  # of the disk's controller
+    unit: int = 0
 
 
 def _layout(client: VSphereClient, vm_id: str) -> dict[str, Any]:
@@ -108,7 +112,14 @@ def resolve_source(client: VSphereClient, vm_id: str, disk_id: str, snapshot_id:
     if not descriptors:
         raise errors.FailedPrecondition(f"disk {disk_id}: vSphere reports no files for it")
     capacity = int(getattr(device, "capacityInBytes", 0) or 0) or int(device.capacityInKB) * 1024
-    return Source(disk_id, capacity, tuple(descriptors))
+    controller = next((d for d in devices if d.key == device.controllerKey), None)
+    return Source(
+        disk_id,
+        capacity,
+        tuple(descriptors),
+        bus_number=int(getattr(controller, "busNumber", 0) or 0),
+        unit=int(device.unitNumber or 0),
+    )
 
 
 def _extent_path(descriptor: dspath.DsPath, name: str) -> dspath.DsPath:
@@ -205,7 +216,18 @@ def export_disk(
         Scratch(settings.scratch_dir, limit=settings.scratch_limit) as room,
         DatastoreFiles(client, tree.datacenter_path(dc)) as files,
     ):
-        local = fetch_chain(files, source, room, staged)
+        if settings.export_method == "nfc":
+            local = nfc.fetch(
+                client,
+                request.vm_id,
+                request.snapshot_id,
+                disk=(source.bus_number, source.unit, source.capacity),
+                files=files,
+                room=room,
+                ctx=staged,
+            )
+        else:
+            local = fetch_chain(files, source, room, staged)
         staged.check_cancelled()
         if not request.target_format:
             request = _with_target(request, pb.DISK_FORMAT_VMDK)

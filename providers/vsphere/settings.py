@@ -82,6 +82,10 @@ class Settings:
     task_timeout: float = 4 * 3600.0
     scratch_dir: str | None = None
     scratch_limit: int | None = None
+    export_method: str = "datastore"  # datastore | nfc
+
+
+EXPORT_METHODS = ("datastore", "nfc")
 
 
 def parse_endpoint(value: str) -> Endpoint:
@@ -159,6 +163,9 @@ def from_config(config: ProviderConfig) -> Settings:
     if scratch_dir is not None and not os.path.isdir(scratch_dir):
         raise errors.InvalidArgument(f"scratchDir: {scratch_dir!r} is not a directory")
     limit = options.get("scratchLimit", "")
+    method = options.get("exportMethod", "datastore") or "datastore"
+    if method not in EXPORT_METHODS:
+        raise errors.InvalidArgument(f"exportMethod: {method!r} is not datastore or nfc")
     return Settings(
         endpoint=parse_endpoint(config.endpoint),
         username=username,
@@ -173,4 +180,5 @@ def from_config(config: ProviderConfig) -> Settings:
         task_timeout=parse_seconds(options, "taskTimeout", 4 * 3600.0),
         scratch_dir=scratch_dir,
         scratch_limit=parse_size(limit, "scratchLimit") if limit else None,
+        export_method=method,
     )

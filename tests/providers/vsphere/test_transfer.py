@@ -493,3 +493,57 @@ def test_datastore_download_resumes_after_a_dropped_connection(  # noqa: PLR0917
 def test_import_leaves_vm_files_alone(vs: Lab) -> None:
     """The lab's own disks live in their folder; imports never write there."""
     assert not (vs.root / TEST_FOLDER / DEFAULT_FOLDER).exists()
+
+
+def test_nfc_export_is_refused_clearly_on_vcsim_and_removes_its_clone(  # noqa: PLR0917
+    vs: Lab,
+    vcsim: Vcsim,
+    scratch: Path,
+    s3: Location,
+    seaweed: SeaweedFS,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """exportMethod=nfc: vcsim has no ExportVm, so only the error path is provable here:
+    a clear Unsupported error, the temporary linked clone removed again, the source's
+    disk untouched and no object written."""
+    data = pattern(MiB, 18)
+    path = vs.put_disk(vs.name("nfc"), data)
+    vm_id = vs.make_vm(vs.name("nfc"), [(path, MiB)], power_on=True)
+    driver = create(config(vcsim, scratchDir=str(scratch), exportMethod="nfc"))
+    with serve(driver) as provider:
+        snap = finish(
+            provider,
+            provider.create_snapshot(
+                pb.CreateSnapshotRequest(operation_id=op("s"), vm_id=vm_id, name="nfc")
+            ),
+        ).snapshot_result.snapshot_id
+        location = s3("nfc/disk.vmdk")
+        for snapshot in (snap, ""):
+            if not snapshot:
+                finish(
+                    provider,
+                    provider.power(
+                        pb.PowerRequest(
+                            operation_id=op("off"), vm_id=vm_id, action=pb.POWER_ACTION_OFF
+                        )
+                    ),
+                )
+            error = failure(
+                provider,
+                lambda snapshot=snapshot: provider.export_disk(  # type: ignore[misc]
+                    pb.ExportDiskRequest(
+                        operation_id=op("nfc"),
+                        vm_id=vm_id,
+                        disk_id=_disk_id(provider, vm_id),
+                        snapshot_id=snapshot,
+                        destination=location,
+                    )
+                ),
+            )
+            assert isinstance(error, errors.Unsupported) and "ExportVm" in error.message
+        assert "nfc_export_clone" in capfd.readouterr().out  # the clone was really made
+        assert [vm.name for vm in provider.iter_vms(name_filter="*-vr-export-*")] == []
+    driver.close()
+    assert (vs.root / TEST_FOLDER / f"{vs.name('nfc')}-flat.vmdk").read_bytes() == data
+    bucket = location.url[5:].split("/", 1)[0]
+    assert "Contents" not in seaweed.client().list_objects_v2(Bucket=bucket, Prefix="nfc/")
