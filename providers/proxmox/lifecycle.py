@@ -116,8 +116,11 @@ def imported_source(site: Site, disk: pb.ImportedDisk, field: str) -> ImportedSo
     path = f"{content_dir(config, 'import')}/{volname[len('import/') :]}"
     if not nodeops.exists(site.access, path):
         raise errors.NotFound(f"{field}.disk_id: {volid} does not exist on node {site.node}")
-    info = nodeops.image_info(site.access, path)
-    fmt = str(info.get("format") or "")
+    # The name says the format (as PVE reads it); never probe a raw image's contents.
+    fmt = volname.rsplit(".", 1)[-1] if "." in volname else ""
+    if fmt not in qemuconfig.IMAGE_EXTENSIONS:
+        raise errors.InvalidArgument(f"{field}.disk_id: {volid!r} has no image extension")
+    info = nodeops.image_info(site.access, path, fmt)
     expected = FORMAT_NAMES.get(disk.format, "") if disk.format else ""
     if expected and fmt != expected:
         raise errors.FailedPrecondition(f"{field}.format: {volid} is {fmt}, not {expected}")

@@ -33,7 +33,6 @@ class Settings:
     node_scratch: str = "/var/tmp"  # noqa: S108 - a directory on the node, made private per export
     scratch: ScratchSettings = field(default_factory=ScratchSettings)
     remove_imported: bool = False  # delete import volumes once CreateVM copied them
-    task_timeout: float = 3600.0
 
 
 @dataclass

@@ -202,6 +202,7 @@ def test_import_then_create_vm_from_the_imported_disk(
                 name=f"{name}-vm",
                 cpu=2,
                 memory_mib=512,
+                firmware=pb.FIRMWARE_UEFI,
                 storage_hint=STORAGE,
                 disks=[
                     pb.DiskSpec(
@@ -228,6 +229,8 @@ def test_import_then_create_vm_from_the_imported_disk(
     # ... and the VM's disk (copied by the node, as PVE does) holds the migrated content.
     described = pve_provider.describe_vm(created)
     assert [(d.id, d.virtual_size_bytes) for d in described.disks] == [("scsi0", 24 * MiB)]
+    assert described.firmware == pb.FIRMWARE_UEFI
+    assert pve_env.pve.vm(int(created)).config["efidisk0"].startswith(f"{STORAGE}:")
     disk_file = Path(described.disks[0].path)
     assert disk_file.is_relative_to(pve_env.storage_path / "images" / created)
     assert content_sha256(disk_file, "qcow2") == exported.content_sha256
