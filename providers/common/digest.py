@@ -56,6 +56,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -237,15 +238,23 @@ class RangeReader(Protocol):
 
 
 class FileRangeReader:
-    """The default reader: ``os.pread`` on files opened read-only once each."""
+    """The default reader: ``os.pread`` on files opened read-only once each.
+
+    Thread-safe: the content digest lets its hashing threads read their own chunks.
+    """
 
     def __init__(self) -> None:
         self._fds: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def _fd(self, path: str) -> int:
         fd = self._fds.get(path)
         if fd is None:
-            fd = self._fds[path] = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            with self._lock:
+                fd = self._fds.get(path)
+                if fd is None:
+                    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+                    fd = self._fds[path] = os.open(path, flags)
         return fd
 
     def readinto(self, path: str, offset: int, view: memoryview) -> int:
@@ -272,9 +281,10 @@ class FileRangeReader:
         return b"".join(parts)
 
     def close(self) -> None:
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        with self._lock:
+            for fd in self._fds.values():
+                os.close(fd)
+            self._fds.clear()
 
     def __enter__(self) -> FileRangeReader:
         return self
@@ -365,9 +375,10 @@ def layout_digest(
 ) -> str:
     """Content digest of an already mapped image (direct reads or the raw-copy fallback).
 
-    ``threads > 1`` hashes that many 4 MiB chunks at once (hashlib releases the GIL);
-    the file is still read by the calling thread, in order, and at most ``2 x threads``
-    chunks are buffered. The result does not depend on ``threads``.
+    ``threads > 1`` hashes that many 4 MiB chunks at once (hashlib releases the GIL, and
+    so does ``os.preadv``): with the default reader each thread also reads its own
+    chunk, an injected reader is called from the calling thread only. At most
+    ``2 x threads`` chunks are buffered. The result does not depend on ``threads``.
     """
     if layout.direct:
         if reader is not None:
@@ -421,6 +432,9 @@ def _digest_direct(
     tree = ContentTree(size)
     data = [e for e in layout.extents if not e.zero]
     first = 0
+    # Our own reader is thread-safe: let the hashing threads read too (page-cache copies
+    # then overlap the hashing instead of queueing behind one reading thread).
+    reads_in_threads = isinstance(reader, FileRangeReader)
     with _ChunkHashers(tree, threads) as hashers:
         for start in range(0, size, CHUNK_SIZE):
             if cancel is not None and cancel.is_set():
@@ -430,8 +444,14 @@ def _digest_direct(
                 first += 1
             if first < len(data) and data[first].start < end:
                 chunk = hashers.buffer()[: end - start]
-                _fill_chunk(layout, reader, data, index=first, start=start, chunk=chunk)
-                hashers.add_chunk(chunk)
+                fill = functools.partial(
+                    _fill_chunk, layout, reader, data, index=first, start=start, chunk=chunk
+                )
+                if reads_in_threads:
+                    hashers.add_filled_chunk(fill, chunk)
+                else:
+                    fill()
+                    hashers.add_chunk(chunk)
             else:
                 hashers.add_zero_chunk(end - start)
             if progress is not None:
@@ -494,6 +514,15 @@ class _ChunkHashers:
         self._pending.append((self._pool.submit(_sha256, data), len(data)))
         self._drain(self._limit)
 
+    def add_filled_chunk(self, fill: Callable[[], None], data: memoryview) -> None:
+        """Like ``add_chunk``, but ``fill()`` writes ``data`` first, in the hashing thread."""
+        if self._pool is None:
+            fill()
+            self._tree.add_chunk(data)
+            return
+        self._pending.append((self._pool.submit(_fill_and_hash, fill, data), len(data)))
+        self._drain(self._limit)
+
     def add_zero_chunk(self, length: int) -> None:
         if self._pool is None:
             self._tree.add_zero_chunk(length)
@@ -522,6 +551,11 @@ class _ChunkHashers:
 
 
 def _sha256(data: memoryview) -> bytes:
+    return hashlib.sha256(data).digest()
+
+
+def _fill_and_hash(fill: Callable[[], None], data: memoryview) -> bytes:
+    fill()
     return hashlib.sha256(data).digest()
 
 

@@ -146,7 +146,7 @@ def _usable_cpus() -> int:
 # Threads hashing the written image's content digest at the end of an import (the
 # only work left at that point, so every core may take part).
 _VERIFY_THREADS = max(1, min(4, _usable_cpus()))
-_WRITE_BEHIND_CHUNKS = 8  # received chunks (1 MiB each by default) waiting to be written
+_WRITE_BEHIND_CHUNKS = 4  # received chunks (4 MiB each by default) waiting to be written
 
 
 class Sink(Protocol):
