@@ -8,13 +8,22 @@ from virtrigaud import errors
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 
-def _snap(provider: ProviderClient, vm_id: str, name: str, **kw: bool) -> str:
-    return finish(
-        provider,
-        provider.create_snapshot(
-            pb.CreateSnapshotRequest(operation_id=op("snap"), vm_id=vm_id, name=name, **kw)
-        ),
-    ).snapshot_result.snapshot_id
+def _snap(
+    provider: ProviderClient,
+    vm_id: str,
+    name: str,
+    *,
+    quiesce: bool = False,
+    include_memory: bool = False,
+) -> str:
+    request = pb.CreateSnapshotRequest(
+        operation_id=op("snap"),
+        vm_id=vm_id,
+        name=name,
+        quiesce=quiesce,
+        include_memory=include_memory,
+    )
+    return finish(provider, provider.create_snapshot(request)).snapshot_result.snapshot_id
 
 
 def _unsnap(provider: ProviderClient, vm_id: str, snap: str) -> pb.Task:
