@@ -198,13 +198,25 @@ def finalize_probes(
     if not ready and status is not None and not _our_target_exists(migration, obs):
         out += [
             DeleteImportedDisk(
-                naming.op_id(migration, f"finalize-r{rnd}", "delete-disk", d.name),
-                d.name,
-                d.imported_disk_id,
+                naming.op_id(migration, f"finalize-r{rnd}", "delete-disk", name), name, disk_id
             )
-            for d in status.disks
-            if d.imported_disk_id
+            for name, disk_id in _imported_disks(migration, obs)
         ]
+    return out
+
+
+def _imported_disks(migration: VMMigration, obs: Observations) -> list[tuple[str, str]]:
+    """(disk name, target disk id) of every disk this migration imported: recorded in
+    status, or produced by an import task that succeeded after the last status write
+    (deletion stops recording results, so the task itself is asked)."""
+    out: list[tuple[str, str]] = []
+    for disk in migration.status.disks if migration.status else []:
+        task = obs.tasks.get(disk.import_task_ref) if disk.import_task_ref else None
+        disk_id = disk.imported_disk_id
+        if not disk_id and isinstance(task, pb.Task) and task.state == pb.TASK_STATE_SUCCEEDED:
+            disk_id = task.import_result.disk_id
+        if disk_id:
+            out.append((disk.name, disk_id))
     return out
 
 

@@ -380,20 +380,16 @@ def _status_of(store_path: Path) -> dict[str, Any]:
     return dict(obj.get("status") or {})
 
 
-def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
-    env: LibvirtEnv, source: Source, tmp_path: Path
-) -> None:
-    """Delete the VMMigration while one disk is imported and the other still imports:
-    the running import is cancelled, the imported volume deleted on the target
-    (DeleteDisk), the intermediate objects and the source snapshot removed; the source
-    keeps running untouched."""
+def _attach_big_disk(env: LibvirtEnv, source: Source) -> str:
+    """A third disk (vdc) with 512 MiB of data: its export and import take seconds, which
+    gives the tests below a window where the other disks are done and it is not."""
     conn = env.connect()
-    try:  # a third disk with 192 MiB of data: its import takes a while
+    try:
         pool = conn.storagePoolLookupByName(env.pool)
         name = env.name(f"e2e-{secrets.token_hex(3)}-big.img")
-        big = str(pool.createXML(volxml.build_volume(name, 256 * MiB, "raw"), 0).path())
+        big = str(pool.createXML(volxml.build_volume(name, 640 * MiB, "raw"), 0).path())
         subprocess.run(
-            ["qemu-io", "-f", "raw", "-c", f"write -P 0x7e 0 {192 * MiB}", big],
+            ["qemu-io", "-f", "raw", "-c", f"write -P 0x7e 0 {512 * MiB}", big],
             check=True,
             capture_output=True,
             timeout=120,
@@ -406,6 +402,68 @@ def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
         )
     finally:
         conn.close()
+    return big
+
+
+def test_a_corrupted_object_is_caught_and_only_that_disk_exported_again(
+    env: LibvirtEnv, source: Source, tmp_path: Path
+) -> None:
+    big = _attach_big_disk(env, source)
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    proc = _run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
+    store_path = tmp_path / "state.db"
+    deadline = time.monotonic() + 600
+    victim: dict[str, Any] | None = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        disks = {d["name"]: d for d in _status_of(store_path).get("disks") or []}
+        vdb, vdc = disks.get("vdb", {}), disks.get("vdc", {})
+        if vdb.get("phase") == "Exported" and vdc.get("phase") == "Exporting":
+            victim = dict(vdb)
+            break
+        time.sleep(0.02)
+    assert victim is not None, "never caught vdb exported while vdc still exports"
+    # Flip one byte of vdb's object while the imports wait for vdc.
+    path = Path(victim["intermediateStorageURL"].removeprefix("nfs://"))
+    with path.open("r+b") as f:
+        f.seek(4096)
+        byte = f.read(1)
+        f.seek(4096)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    out, err = proc.communicate(timeout=1200)
+    assert proc.returncode == 0, f"{out}\n{err}"
+    store = SQLiteStore(store_path)
+    migration = store.get("VMMigration", "default", "move-app")
+    events = store.events_for("VMMigration", "default", "move-app")
+    store.close()
+    status = migration["status"]
+    assert status["phase"] == "Ready" and status["retryAttempts"] == 1
+    disks = {d["name"]: d for d in status["disks"]}
+    assert {name: d.get("attempt") for name, d in disks.items()} == {"vda": 1, "vdb": 2, "vdc": 1}
+    retry = [e.message for e in events if e.reason == "RetryScheduled"]
+    assert len(retry) == 1 and "import of disk vdb failed: CHECKSUM_MISMATCH" in retry[0]
+    conn = env.connect()
+    try:
+        target = conn.storagePoolLookupByName(env.pool2)
+        sources = dict(zip(("vda", "vdb", "vdc"), [*source.disks, (big, "raw")], strict=True))
+        for name, disk in disks.items():
+            vol = target.storageVolLookupByName(disk["importedDiskId"].split("/", 1)[1])
+            vol_path, fmt = vol.path(), volxml.parse_volume(vol.XMLDesc(0)).format
+            src_path, src_fmt = sources[name]
+            want = digest.content_digest(src_path, src_fmt, force_share=True)
+            assert digest.content_digest(vol_path, fmt, force_share=True) == want, name
+    finally:
+        conn.close()
+
+
+def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
+    env: LibvirtEnv, source: Source, tmp_path: Path
+) -> None:
+    """Delete the VMMigration while one disk is imported and the other still imports:
+    the running import is cancelled, the imported volume deleted on the target
+    (DeleteDisk), the intermediate objects and the source snapshot removed; the source
+    keeps running untouched."""
+    big = _attach_big_disk(env, source)
     nfs = tmp_path / "nfs"
     nfs.mkdir()
     proc = _run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))

@@ -337,3 +337,17 @@ def test_snapshot_in_flight_is_awaited_before_deletion() -> None:
     assert [type(p).__name__ for p in probes] == ["CreateSnapshot"]
     plan = planner.plan(mig, _obs(probes={probes[0].op_id: task("s", pb.TASK_STATE_RUNNING)}), NOW)
     assert plan.actions == []
+
+
+def test_an_import_that_finished_after_the_last_status_write_is_deleted_too() -> None:
+    d = _deleting(MigrationPhase.IMPORTING, DiskPhase.IMPORTING)
+    for disk in d.mig.status.disks:  # type: ignore[union-attr]
+        disk.import_task_ref = f"im-{disk.name}"
+    finished = task("im-vda", pb.TASK_STATE_SUCCEEDED)
+    finished.import_result.disk_id = "pool/late-vda"
+    obs = dataclasses.replace(
+        _obs(target_object=None),
+        tasks={"im-vda": finished, "im-vdb": task("im-vdb", pb.TASK_STATE_CANCELLED)},
+    )
+    disks = [p for p in planner.probes(d.mig, obs, d.now) if isinstance(p, DeleteImportedDisk)]
+    assert [(p.disk, p.disk_id) for p in disks] == [("vda", "pool/late-vda")]
