@@ -165,8 +165,8 @@ def create_vm(
         raise errors.InvalidArgument(
             "disks: at most one image disk, and it must be the first (it is cloned whole)"
         )
-    target = placement.target(client, settings, request.storage_hint)
     tree = placement.read(client)
+    target = placement.target(client, settings, request.storage_hint, tree)
     dc = target.datacenter
     pool = tree.resource_pool(dc, settings.resource_pool, settings.cluster)
     folder = tree.vm_folder(dc, settings.folder)

@@ -173,8 +173,11 @@ class Target:
     datastore: Node
 
 
-def target(client: VSphereClient, settings: Settings, storage_hint: str) -> Target:
-    tree = read(client)
+def target(
+    client: VSphereClient, settings: Settings, storage_hint: str, tree: Placement | None = None
+) -> Target:
+    """Datacenter and datastore for new files (``tree``: an already read placement)."""
+    tree = tree or read(client)
     dc = tree.datacenter(settings.datacenter)
     ds = tree.datastore(dc, storage_hint or settings.datastore)
     if ds.props.get("summary.accessible") is False:
