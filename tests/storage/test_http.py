@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,7 +136,10 @@ def test_reader_resumes_broken_download_with_range(nginx: NginxDav, http_base: s
         writer.commit()
     with FaultProxy(nginx.port, cut_after=3 * MiB, cuts=2) as proxy:
         via_proxy = backend_for(
-            url.replace(str(nginx.port), str(proxy.port)), {"token": nginx.token}
+            url.replace(str(nginx.port), str(proxy.port)),
+            {"token": nginx.token},
+            # 1 MiB chunks: some are yielded before each cut, so resumes need a Range.
+            options=dataclasses.replace(OPTIONS, chunk_size=MiB),
         )
         reader = via_proxy.open_reader(KEY)
         assert isinstance(reader, HTTPReader)
