@@ -150,8 +150,16 @@ def _fetch(
     workdir = nodeops.make_temp_dir(node, site.settings.node_scratch, "virtrigaud-export-")
     try:
         copy = f"{workdir}/disk.{INTERMEDIATE}"
+        virtual = int(nodeops.image_info(node, path, fmt).get("virtual-size") or 0)
         nodeops.convert(
-            node, path, copy, src_format=fmt, dst_format=INTERMEDIATE, snapshot=snap, cancel=cancel
+            node,
+            path,
+            copy,
+            src_format=fmt,
+            dst_format=INTERMEDIATE,
+            snapshot=snap,
+            cancel=cancel,
+            progress=lambda fraction: ctx.progress(int(fraction * virtual), virtual),
         )
         size = nodeops.file_size(node, copy)
         room.reserve(size, "the image copied from the node")

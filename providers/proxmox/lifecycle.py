@@ -21,7 +21,8 @@ buses, the imported volumes exist on the node), then:
 The VM's description carries ``virtrigaud-operation: <operation id>`` and the labels,
 so a re-submitted CreateVM (after a provider restart lost its task) returns the VM
 it already made; any other VM of the same name is a collision (AlreadyExists).
-A failure or cancel after the VM exists destroys it again (``purge``).
+A failure or cancel after the VM exists destroys it again (``purge``), once PVE's own
+create/clone task has ended (it holds the VM's lock).
 
 Power: ON starts (or resumes a paused VM); OFF is ``status/stop`` (hard); SHUTDOWN is
 ``status/shutdown`` with ``forceStop`` after the timeout; REBOOT is a cold reboot
@@ -53,6 +54,7 @@ from virtrigaud.provider.v1 import provider_pb2 as pb
 log = get_logger("virtrigaud.proxmox")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 120
+UNDO_WAIT = 1800.0  # seconds a cancelled CreateVM waits for PVE's task before undoing
 MARKER = "virtrigaud-operation: "
 IMPORTED = "virtrigaud-imported: "
 _NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -269,19 +271,17 @@ def create_vm(site: Site, req: pb.CreateVMRequest, ctx: TaskContext) -> str:
     if req.firmware == pb.FIRMWARE_UEFI:
         params["efidisk0"] = f"{plan.storage}:1,efitype=4m,pre-enrolled-keys=0"
     created = False
+    pending = ""  # the UPID of a create/clone task that may still run
     try:
         if plan.template:
             ctx.set_stage("cloning")
             clone = {"newid": int(vmid), "name": req.name, "full": 1, "storage": plan.storage}
-            site.api.run_task(
-                site.node,
-                "post",
-                site.qemu(plan.template, "clone"),
-                f"clone template {plan.template}",
-                ctx.cancel_event,
-                clone,
-            )
+            pending = str(site.api.post(site.qemu(plan.template, "clone"), **clone))
             created = True
+            site.api.wait_task(
+                site.node, pending, f"clone template {plan.template}", ctx.cancel_event
+            )
+            pending = ""
             _configure_clone(site, vmid, plan, params, ctx)
         else:
             params.update(plan.drives)
@@ -291,13 +291,14 @@ def create_vm(site: Site, req: pb.CreateVMRequest, ctx: TaskContext) -> str:
             if plan.drives:
                 params["boot"] = f"order={next(iter(plan.drives))}"
             ctx.set_stage("creating (copying imported disks)" if plan.consumed else "creating")
-            upid = site.api.post(f"nodes/{site.node}/qemu", vmid=int(vmid), **params)
+            pending = str(site.api.post(f"nodes/{site.node}/qemu", vmid=int(vmid), **params))
             created = True
-            site.api.wait_task(site.node, upid, f"create VM {vmid}", ctx.cancel_event)
+            site.api.wait_task(site.node, pending, f"create VM {vmid}", ctx.cancel_event)
+            pending = ""
         _finish(site, vmid, plan, req.power_on, ctx)
     except BaseException:
         if created:
-            _undo_create(site, vmid)
+            _undo_create(site, vmid, pending)
         raise
     if plan.consumed and site.settings.remove_imported:
         ctx.set_stage("removing import volumes")
@@ -362,9 +363,20 @@ def _configure_clone(
     site.api.wait_task(site.node, upid, f"configure VM {vmid}", ctx.cancel_event)
 
 
-def _undo_create(site: Site, vmid: str) -> None:
+def _undo_create(site: Site, vmid: str, pending: str) -> None:
+    """Destroy a VM this CreateVM made. A create/clone task still running (the wait
+    was cancelled) holds the VM's lock: wait for it first; if it failed, PVE has
+    already removed the VM."""
     try:
-        status = site.api.get(site.qemu(vmid, "status/current"))
+        if pending:
+            try:
+                site.api.wait_task(site.node, pending, "undo: wait", None, timeout=UNDO_WAIT)
+            except errors.VirtrigaudError as exc:
+                log.info("create_task_failed_before_undo", vm_id=vmid, error=exc.message)
+        try:
+            status = site.api.get(site.qemu(vmid, "status/current"))
+        except (errors.NotFound, errors.FailedPrecondition):
+            return  # nothing left to undo
         if status.get("status") == "running":
             site.api.run_task(site.node, "post", site.qemu(vmid, "status/stop"), "undo: stop")
         site.api.run_task(

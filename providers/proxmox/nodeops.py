@@ -7,8 +7,9 @@ passed as one quoted argument after ``--`` where the tool accepts it.
 from __future__ import annotations
 
 import json
+import re
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from providers.proxmox import node as nodeaccess
@@ -81,6 +82,9 @@ def image_info(node: NodeAccess, path: str, fmt: str | None = None) -> dict[str,
     return data
 
 
+_PERCENT = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+
+
 def convert(
     node: NodeAccess,
     source: str,
@@ -91,16 +95,24 @@ def convert(
     snapshot: str = "",
     force_share: bool = True,
     cancel: threading.Event | None = None,
+    progress: Callable[[float], None] | None = None,
 ) -> None:
-    """``qemu-img convert`` on the node (the source may be read at an internal snapshot)."""
-    argv: list[str] = ["qemu-img", "convert"]
+    """``qemu-img convert`` on the node (the source may be read at an internal
+    snapshot); ``progress`` gets the fraction done as qemu-img's ``-p`` reports it."""
+    argv: list[str] = ["qemu-img", "convert", "-p"]
     if force_share:
         argv.append("-U")
     argv += ["-f", src_format, "-O", dst_format]
     if snapshot:
         argv += ["-l", f"snapshot.name={snapshot}"]
     argv += [source, target]
-    nodeaccess.run(node, argv, cancel=cancel)
+    tail = b""
+    with nodeaccess.read_stream(node, argv, cancel) as chunks:
+        for chunk in chunks:
+            tail = (tail + chunk)[-256:]
+            found = _PERCENT.findall(tail)
+            if found and progress is not None:
+                progress(min(float(found[-1]) / 100.0, 1.0))
 
 
 def stream_file(node: NodeAccess, path: str, cancel: threading.Event | None = None) -> Any:

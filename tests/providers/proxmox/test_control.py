@@ -7,6 +7,7 @@ errors are checked as the manager sees them (typed, with clear messages).
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -330,3 +331,47 @@ def test_delete_vm_keeping_disks_is_refused(pve_env: PveEnv, pve_provider: Provi
         ),
     )
     assert not vm.disks["scsi0"].exists()  # purged with the VM
+
+
+def test_a_cancelled_create_vm_waits_for_pve_and_removes_the_vm(
+    pve_env: PveEnv, pve_provider: ProviderClient
+) -> None:
+    """Cancelled while PVE's create task runs (slow Ceph storage): the VM PVE then
+    finishes is destroyed, nothing of it is left."""
+    pve_env.import_dir().mkdir(exist_ok=True)
+    source = pve_env.import_dir() / f"slowsrc-{uuid.uuid4().hex[:6]}.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(source), "8M"], check=True)
+    pve = pve_env.pve
+    pve.add_ceph_storage("ceph-slow")
+    pve.time_scale = 0.05
+    pve.ceph_slow(40)  # 2 s of real time for every RBD operation
+    name = f"cancelled-{uuid.uuid4().hex[:6]}"
+    try:
+        task = pve_provider.create_vm(
+            pb.CreateVMRequest(
+                operation_id=_op("create"),
+                name=name,
+                cpu=1,
+                memory_mib=128,
+                storage_hint="ceph-slow",
+                disks=[
+                    pb.DiskSpec(imported=pb.ImportedDisk(disk_id=f"{STORAGE}:import/{source.name}"))
+                ],
+            )
+        )
+        while not pve_provider.get_task(task.id).stage.startswith("creating"):
+            time.sleep(0.01)
+        time.sleep(0.3)  # PVE's task is running now
+        assert [v.name for v in pve.vms if v.name == name] == [name]
+        pve_provider.cancel_task(task.id)
+        final = pve_provider.wait_task(task.id, timeout=TIMEOUT)
+        assert final.state == pb.TASK_STATE_CANCELLED
+        assert [v for v in pve.vms if v.name == name] == []
+        assert not [vol for vol in pve.storages["ceph-slow"].get("volumes", {}).values()], (
+            "the cancelled VM's volume was left on the storage"
+        )
+    finally:
+        pve.ceph_recover()
+        pve.time_scale = 0
+        del pve.storages["ceph-slow"]
+        source.unlink()
