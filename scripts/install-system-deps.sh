@@ -13,6 +13,9 @@ PACKAGES=(
   # vcsim (vSphere API simulator) for the vSphere provider: built offline from Debian's
   # govmomi source by scripts/build-vcsim.sh
   golang-go golang-github-vmware-govmomi-dev
+  # chart-render (the `helm template` stand-in of tests/charts): Go text/template with
+  # Helm's function library and YAML package, built offline by tests/charts/build-renderer.sh
+  golang-github-masterminds-sprig-dev golang-k8s-sigs-yaml-dev
 )
 
 missing=()
