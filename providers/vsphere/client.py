@@ -20,7 +20,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.cookies import SimpleCookie
 from typing import Any, TypeVar
 
@@ -60,6 +60,7 @@ class ObjectProps:
 
     ref: Any
     props: dict[str, Any]
+    missing: dict[str, Any] = field(default_factory=dict)  # path -> fault (missingSet)
 
     @property
     def moid(self) -> str:
@@ -150,6 +151,7 @@ class VSphereClient:
         self._lock = threading.Lock()
         self._stub: Any = None
         self._content: Any = None
+        self._generation = 0
 
     # -- session ------------------------------------------------------------------
 
@@ -189,23 +191,42 @@ class VSphereClient:
                 return self._login()
             return self._content
 
-    def _relogin(self, stale: Any) -> None:
+    @property
+    def generation(self) -> int:
+        """Counts logins: a caller that saw an expired session passes the generation it
+        used to ``refresh_session``, so concurrent callers log in again only once."""
+        return self._generation
+
+    def refresh_session(self, generation: int) -> None:
+        """Log in again on the same connection stub (references made from it stay
+        valid; the stub takes the new session cookie from the login response)."""
         with self._lock:
-            if self._content is stale:
-                self._content = None
-                self._login()
+            if self._generation != generation or self._content is None:
+                return
+            log.info("vsphere_session_expired", endpoint=self.where)
+            try:
+                self._content.sessionManager.Login(
+                    self.settings.username, self.settings.password, None
+                )
+            except vim.fault.InvalidLogin as exc:
+                raise errors.AuthenticationError(
+                    f"login to {self.where} as {self.settings.username!r} was refused "
+                    "(wrong username or password)"
+                ) from exc
+            except Exception as exc:
+                raise translate(exc, "login", self.where) from exc
+            self._generation += 1
 
     def call(self, fn: Callable[[Any], T], what: str) -> T:
         """``fn(content)`` with faults translated; one re-login when the session expired."""
         content = self.content()
+        generation = self._generation
         try:
             return fn(content)
         except vim.fault.NotAuthenticated:
-            log.info("vsphere_session_expired", endpoint=self.where)
-            self._relogin(content)
+            self.refresh_session(generation)
         except Exception as exc:
             raise translate(exc, what, self.where) from exc
-        content = self.content()
         try:
             return fn(content)
         except Exception as exc:
@@ -255,7 +276,13 @@ class VSphereClient:
             found: list[ObjectProps] = []
             while result is not None:
                 for obj in result.objects or ():
-                    found.append(ObjectProps(obj.obj, {p.name: p.val for p in obj.propSet}))
+                    missing = {m.path: m.fault for m in obj.missingSet or ()}
+                    for fault in missing.values():
+                        if isinstance(fault, vim.fault.NotAuthenticated):
+                            raise fault  # the session expired: call() logs in again
+                    found.append(
+                        ObjectProps(obj.obj, {p.name: p.val for p in obj.propSet}, missing)
+                    )
                 token = result.token
                 result = collector.ContinueRetrievePropertiesEx(token) if token else None
             return found
@@ -271,6 +298,9 @@ class VSphereClient:
         found = self.retrieve([spec], what)
         if not found:
             raise errors.NotFound(f"{what}: {ref._moId} does not exist")
+        if not found[0].props and found[0].missing:
+            # Nothing readable: say why (typically NoPermission -> PermissionDenied).
+            raise fault_error(next(iter(found[0].missing.values())), what)
         return found[0].props
 
     def retrieve_all(

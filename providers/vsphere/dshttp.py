@@ -14,6 +14,7 @@ Cancellation is checked between chunks. HTTP statuses become typed errors.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from urllib.parse import quote, urlencode
@@ -91,34 +92,65 @@ class DatastoreFiles:
         headers.update(extra or {})
         return headers
 
+    @contextlib.contextmanager
+    def _send(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: Callable[[], bytes | Iterator[bytes]] | None = None,
+    ) -> Iterator[httpx.Response]:
+        """One request with the session cookie, its response streamed. A 401 (the
+        session expired, e.g. during a long transfer to or from storage) logs in again
+        and sends the request once more; transport errors become typed errors."""
+        for attempt in (0, 1):
+            generation = self._client.generation
+            request = self._http.build_request(
+                method,
+                url,
+                headers=self._headers(headers),
+                content=content() if content is not None else None,
+            )
+            try:
+                resp = self._http.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, what) from exc
+            if resp.status_code == 401 and attempt == 0:
+                resp.close()
+                self._client.refresh_session(generation)
+                continue
+            try:
+                yield resp
+            except httpx.HTTPError as exc:
+                raise _transport_error(exc, what) from exc
+            finally:
+                resp.close()
+            return
+
     def size(self, path: DsPath) -> int | None:
         """The file's size, None if it does not exist."""
         what = f"reading {path}"
-        try:
-            resp = self._http.head(self.url(path), headers=self._headers())
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, what) from exc
-        if resp.status_code == 404:
-            return None
-        if resp.status_code != 200:
-            raise status_error(resp.status_code, what)
-        return int(resp.headers.get("content-length", "0"))
+        with self._send("HEAD", self.url(path), what) as resp:
+            if resp.status_code == 404:
+                return None
+            if resp.status_code != 200:
+                raise status_error(resp.status_code, what)
+            return int(resp.headers.get("content-length", "0"))
 
     def read_small(self, path: DsPath, limit: int) -> bytes:
         """A small file (a descriptor) whole; InvalidArgument when larger than ``limit``."""
         what = f"reading {path}"
-        try:
-            with self._http.stream("GET", self.url(path), headers=self._headers()) as resp:
-                if resp.status_code != 200:
-                    raise status_error(resp.status_code, what)
-                data = b""
-                for chunk in resp.iter_bytes():
-                    data += chunk
-                    if len(data) > limit:
-                        raise errors.InvalidArgument(f"{path} is not a small text file")
-                return data
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, what) from exc
+        with self._send("GET", self.url(path), what) as resp:
+            if resp.status_code != 200:
+                raise status_error(resp.status_code, what)
+            data = b""
+            for chunk in resp.iter_bytes():
+                data += chunk
+                if len(data) > limit:
+                    raise errors.InvalidArgument(f"{path} is not a small text file")
+            return data
 
     def download(
         self,
@@ -168,12 +200,10 @@ class DatastoreFiles:
                         on_bytes=on_bytes,
                     )
                     break
-                except (httpx.TransportError, errors.Unavailable) as exc:
+                except (errors.Unavailable, errors.Timeout):
                     attempts += 1
                     if attempts > RESUME_ATTEMPTS:
-                        if isinstance(exc, errors.VirtrigaudError):
-                            raise
-                        raise _transport_error(exc, what) from exc
+                        raise
                     log.info(
                         "datastore_download_resume",
                         what=what,
@@ -198,7 +228,7 @@ class DatastoreFiles:
         on_bytes: ByteProgress | None,
     ) -> int:
         offset = writer.size
-        with self._http.stream("GET", url, headers=headers) as resp:
+        with self._send("GET", url, what, headers=headers) as resp:
             expected = 206 if offset else 200
             if resp.status_code != expected:
                 if offset and resp.status_code == 200:
@@ -234,34 +264,23 @@ class DatastoreFiles:
                     on_bytes(sent)
                     yield chunk
 
-        headers = self._headers(
-            {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
-        )
-        try:
-            resp = self._http.put(self.url(path), headers=headers, content=body())
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, what) from exc
-        if resp.status_code not in (200, 201, 204):
-            raise status_error(resp.status_code, what)
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        with self._send("PUT", self.url(path), what, headers=headers, content=body) as resp:
+            if resp.status_code not in (200, 201, 204):
+                raise status_error(resp.status_code, what)
 
     def put_bytes(self, path: DsPath, data: bytes) -> None:
         what = f"writing {path}"
-        try:
-            resp = self._http.put(self.url(path), headers=self._headers(), content=data)
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, what) from exc
-        if resp.status_code not in (200, 201, 204):
-            raise status_error(resp.status_code, what)
+        with self._send("PUT", self.url(path), what, content=lambda: data) as resp:
+            if resp.status_code not in (200, 201, 204):
+                raise status_error(resp.status_code, what)
 
     def iter_file(self, path: DsPath, ctx: Progress) -> Iterator[bytes]:
         """The file's bytes in chunks (one request, no resume: used to verify)."""
         what = f"reading {path}"
-        try:
-            with self._http.stream("GET", self.url(path), headers=self._headers()) as resp:
-                if resp.status_code != 200:
-                    raise status_error(resp.status_code, what)
-                for chunk in resp.iter_bytes(CHUNK):
-                    ctx.check_cancelled()
-                    yield chunk
-        except httpx.HTTPError as exc:
-            raise _transport_error(exc, what) from exc
+        with self._send("GET", self.url(path), what) as resp:
+            if resp.status_code != 200:
+                raise status_error(resp.status_code, what)
+            for chunk in resp.iter_bytes(CHUNK):
+                ctx.check_cancelled()
+                yield chunk

@@ -27,6 +27,7 @@ from providers.vsphere.client import (
     PropertySpec,
     TraversalSpec,
     VSphereClient,
+    fault_error,
     vim,
 )
 from providers.vsphere.model import DiskInfo, NicInfo, SnapshotInfo, VmInfo
@@ -112,6 +113,11 @@ class _Names:
 
 def _retrieve(client: VSphereClient, root: Any, root_is_view: bool) -> list[VmInfo]:
     found = client.retrieve([_filter(root, root_is_view)], "reading the VM inventory")
+    if not root_is_view:
+        for obj in found:  # the one VM asked for, but nothing of it may be read
+            if isinstance(obj.ref, vim.VirtualMachine) and not obj.props and obj.missing:
+                fault = next(iter(obj.missing.values()))
+                raise fault_error(fault, f"reading VM {obj.moid}")
     names = _Names(found)
     return [
         vm_info(obj.moid, obj.props, names)

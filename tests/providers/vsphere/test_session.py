@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from pyVmomi import vim
 
 from manager.providerclient import ProviderClient
 from providers.runtime.driver import ProviderConfig
-from providers.vsphere.driver import create
-from tests.providers.vsphere.helpers import config, serve
+from providers.vsphere.driver import VSphereDriver, create
+from tests.providers.vsphere.helpers import Lab, config, serve
 from tests.servers.net import free_port
 from tests.servers.vcsim import DATASTORE, PORTGROUP, Vcsim
 from virtrigaud import errors
@@ -94,3 +95,20 @@ def test_capabilities(provider: ProviderClient) -> None:
     assert "VMware vCenter Server" in caps.hypervisor_version
     assert list(caps.import_formats) == [2]  # VMDK only: a datastore holds VMDKs
     assert caps.native_format == 2
+
+
+def test_an_expired_session_is_renewed_once(vs: Lab, driver: VSphereDriver) -> None:
+    """vCenter drops idle sessions; the next call logs in again on the same stub, so
+    references made before (held by running tasks) keep working."""
+    vm_id = vs.make_vm(vs.name("expiry"), [])
+    ref = driver.client.ref(vim.VirtualMachine, vm_id)
+    before = driver.client.generation
+    driver.client.call(lambda c: c.sessionManager.Logout(), "test: end the session")
+    with serve(driver) as provider:
+        # (vcsim answers a property read of a dead session with NoPermission entries
+        # rather than a NotAuthenticated fault; creating the list's view raises it.)
+        assert vm_id in {vm.id for vm in provider.list_vms().vms}
+        assert provider.describe_vm(vm_id).name == vs.name("expiry")
+    assert driver.client.generation == before + 1
+    assert driver.client.properties(ref, ["name"], "test")["name"] == vs.name("expiry")
+    assert driver.client.generation == before + 1  # one login, not one per call
