@@ -229,3 +229,29 @@ def test_power_of_unknown_vm_is_not_found(provider: ProviderClient) -> None:
         ),
     )
     assert isinstance(error, errors.NotFound)
+
+
+def test_a_failure_after_the_vm_exists_removes_it_and_keeps_imported_disks(
+    vs: Lab, provider: ProviderClient
+) -> None:
+    """The clone is made, then attaching an imported disk fails (its flat extent is
+    missing): the clone is removed again; the template and the disk files stay."""
+    tmpl_disk = vs.put_disk(vs.name("keep-t"), pattern(MiB, 21), 2 * MiB)
+    vs.make_vm(vs.name("keep-template"), [(tmpl_disk, 2 * MiB)])
+    broken = vs.put_disk(vs.name("broken"), pattern(MiB, 22), 2 * MiB)
+    flat = vs.root / TEST_FOLDER / f"{vs.name('broken')}-flat.vmdk"
+    flat.unlink()
+    request = _create(
+        provider,
+        name=vs.name("keep-clone"),
+        storage_hint=DATASTORE,
+        disks=[pb.DiskSpec(image=pb.ImageRef(name=vs.name("keep-template"))), _imported(broken)],
+    )
+    error = failure(provider, lambda: provider.create_vm(request))
+    assert isinstance(error, errors.NotFound), error
+    assert _names(provider, vs.name("keep-clone")) == []
+    assert _names(provider, vs.name("keep-template")) == [vs.name("keep-template")]
+    assert (vs.root / TEST_FOLDER / f"{vs.name('broken')}.vmdk").exists()
+    assert (vs.root / TEST_FOLDER / f"{vs.name('keep-t')}-flat.vmdk").read_bytes()[:MiB] == (
+        pattern(MiB, 21)
+    )
