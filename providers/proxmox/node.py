@@ -13,7 +13,7 @@ real: ``qemu-img`` converts there, ``cat`` streams a file out, ``dd`` writes one
 * ``LocalNode`` -- the provider pod runs on the node (``nodeAccess=local``): the same
   commands as local subprocesses.
 
-Every command is started as ``echo $$; exec <argv>`` so its process id is known:
+Every command is started as ``echo VRPID:$$; exec <argv>`` so its process id is known:
 cancelling kills exactly that process (``kill -TERM <pid>``), because closing an SSH
 channel does not stop a remote ``qemu-img`` that never writes to it. Arguments are
 always quoted with ``shlex``; nothing from a request reaches a shell unquoted.
@@ -39,6 +39,7 @@ from virtrigaud.logging import get_logger
 log = get_logger("virtrigaud.proxmox")
 
 CHUNK = 1024 * 1024
+PID_TAG = b"VRPID:"
 _STDERR_KEEP = 4000
 
 
@@ -335,7 +336,7 @@ class SshNode:
     def start(self, argv: Sequence[str]) -> Process:
         try:
             channel = self._transport().open_session()
-            channel.exec_command(f"echo $$; exec {_command_text(argv)}")
+            channel.exec_command(f"echo {PID_TAG.decode()}$$; exec {_command_text(argv)}")
         except paramiko.SSHException as exc:
             raise errors.Unavailable(f"ssh {self.description}: {exc}") from None
         return _SshProcess(self, channel)
@@ -381,16 +382,26 @@ class _SshProcess:
                 del self._stderr[: -2 * _STDERR_KEEP]
 
     def _read_pid(self) -> None:
+        """Consume the ``VRPID:<pid>`` line the command wrapper prints first (anything a
+        login script printed before it is dropped, never taken as command output)."""
         buf = b""
-        while b"\n" not in buf:
-            data = self._channel.recv(64)
+        while True:
+            line, sep, rest = buf.partition(b"\n")
+            if sep:
+                if line.startswith(PID_TAG):
+                    with contextlib.suppress(ValueError):
+                        self._pid = int(line[len(PID_TAG) :].strip())
+                    self._pending = rest
+                    return
+                buf = rest
+                continue
+            if len(buf) > 65536:
+                break
+            data = self._channel.recv(4096)
             if not data:
                 break
             buf += data
-        line, _, rest = buf.partition(b"\n")
-        with contextlib.suppress(ValueError):
-            self._pid = int(line.strip())
-        self._pending = rest
+        self._pending = b""  # the wrapper never ran (the shell failed): no output
 
     def read(self, size: int) -> bytes:
         if self._pending:
