@@ -547,3 +547,44 @@ def test_nfc_export_is_refused_clearly_on_vcsim_and_removes_its_clone(  # noqa: 
     assert (vs.root / TEST_FOLDER / f"{vs.name('nfc')}-flat.vmdk").read_bytes() == data
     bucket = location.url[5:].split("/", 1)[0]
     assert "Contents" not in seaweed.client().list_objects_v2(Bucket=bucket, Prefix="nfc/")
+
+
+def test_cancelled_import_leaves_nothing_on_the_datastore(
+    vs: Lab, provider: ProviderClient, tmp_path: Path
+) -> None:
+    """Cancelled while the flat file is being written: the partial file is deleted, no
+    descriptor appears, and (scratch fixture) the provider's scratch is empty."""
+    root = tmp_path / "nfs"
+    root.mkdir()
+    obj = root / "big.raw"
+    size = 384 * MiB
+    with open(obj, "wb") as handle:
+        handle.write(pattern(MiB, 23))
+        handle.truncate(size)
+    sha = hashlib.sha256()
+    with open(obj, "rb") as handle:
+        while chunk := handle.read(8 * MiB):
+            sha.update(chunk)
+    name = vs.name("cancel-imp")
+    task = provider.import_disk(
+        pb.ImportDiskRequest(
+            operation_id=op("imp"),
+            source=pb.StorageLocation(
+                backend=pb.STORAGE_BACKEND_NFS,
+                url=f"nfs://{obj}",
+                options={"base_url": f"nfs://{root}"},
+            ),
+            expected_sha256=sha.hexdigest(),
+            source_format=pb.DISK_FORMAT_RAW,
+            storage_hint=DATASTORE,
+            target_volume_name=name,
+        )
+    )
+    deadline = time.monotonic() + 120
+    while provider.get_task(task.id).stage not in ("writing datastore", "verifying datastore"):
+        assert time.monotonic() < deadline, "the import never reached the datastore"
+        time.sleep(0.01)
+    provider.cancel_task(task.id)
+    final = provider.wait_task(task.id, timeout=120)
+    assert final.state == pb.TASK_STATE_CANCELLED, final
+    assert not any(p.exists() for p in imported_files(vs, name))
