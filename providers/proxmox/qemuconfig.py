@@ -22,6 +22,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from virtrigaud import errors
+
 DISK_KEY = re.compile(r"^(ide|sata|scsi|virtio)(\d+)$")
 NET_KEY = re.compile(r"^net(\d+)$")
 BUS_LIMITS = {"ide": 4, "sata": 6, "scsi": 31, "virtio": 16}
@@ -57,14 +59,6 @@ def parse_size(text: str) -> int:
     return int(float(found.group(1)) * _UNITS[found.group(2)])
 
 
-def format_size(size: int) -> str:
-    """Bytes -> PVE's spelling (the largest unit that divides it)."""
-    for unit in "TGMK":
-        if size and size % _UNITS[unit] == 0:
-            return f"{size // _UNITS[unit]}{unit}"
-    return str(size)
-
-
 def split_props(value: str) -> tuple[str, dict[str, str]]:
     """``first,key=value,...`` -> (first, {key: value}); ``first`` may be ``""``."""
     first = ""
@@ -76,14 +70,6 @@ def split_props(value: str) -> tuple[str, dict[str, str]]:
         elif index == 0:
             first = part.strip()
     return first, props
-
-
-def join_props(first: str, props: Mapping[str, str]) -> str:
-    return ",".join(
-        [first, *(f"{k}={v}" for k, v in props.items())]
-        if first
-        else [f"{k}={v}" for k, v in props.items()]
-    )
 
 
 def natural_key(key: str) -> tuple[str, int]:
@@ -228,8 +214,6 @@ def parse_config(config: Mapping[str, Any]) -> QemuConfig:
 
 
 def check_mac(value: str, field_name: str) -> str:
-    from virtrigaud import errors
-
     if not _MAC.match(value):
         raise errors.InvalidArgument(f"{field_name}: {value!r} is not a MAC address")
     if int(value[:2], 16) & 1:
