@@ -375,3 +375,18 @@ def test_a_cancelled_create_vm_waits_for_pve_and_removes_the_vm(
         pve.time_scale = 0
         del pve.storages["ceph-slow"]
         source.unlink()
+
+
+def test_the_api_certificate_is_verified(pve_env: PveEnv) -> None:
+    """Without the CA (fakepve's certificate is self-signed) the API is refused."""
+    strict = create(pve_env.config(options=pve_env.options(caFile="")))
+    try:
+        with pytest.raises(errors.Unavailable, match="TLS verification"):
+            strict.describe_vm("100")
+    finally:
+        strict.close()
+    lax = create(pve_env.config(options=pve_env.options(caFile="", verifyTls="false")))
+    try:
+        assert lax.validate(pb.ValidateRequest()).checks[0].ok
+    finally:
+        lax.close()
