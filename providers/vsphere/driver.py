@@ -256,7 +256,12 @@ class VSphereDriver(ProviderDriver):
 
     def delete_disk(self, request: pb.DeleteDiskRequest, ctx: TaskContext) -> None:
         imports.delete_disk(
-            self.client, self.settings, request.disk_id, ctx, in_flight=self._importing
+            self.client,
+            self.settings,
+            request.disk_id,
+            ctx,
+            folder=self._import_folder,
+            in_flight=self._importing,
         )
 
     def close(self) -> None:

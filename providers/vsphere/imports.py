@@ -218,11 +218,17 @@ def delete_disk(
     disk_id: str,
     ctx: TaskContext,
     *,
+    folder: str,
     in_flight: InFlight,
 ) -> None:
     path = dspath.parse(disk_id, "disk_id")
-    if not path.path.lower().endswith(".vmdk") or path.path.lower().endswith("-flat.vmdk"):
-        raise errors.InvalidArgument(f"disk_id: {disk_id!r} is not a disk descriptor path")
+    # Only disks ImportDisk made: a descriptor directly in the import folder. Any other
+    # datastore file (a VM's own disk, ...) is refused, whatever the caller sends.
+    if not path.path.endswith(".vmdk") or path.folder != folder.strip("/"):
+        raise errors.InvalidArgument(
+            f"disk_id: {disk_id!r} is not a disk ImportDisk made (a .vmdk in the import "
+            f"folder {folder!r})"
+        )
     if in_flight.busy(str(path)):
         raise errors.FailedPrecondition(f"disk {path} is being imported; cancel that first")
     ctx.set_stage("checking")
@@ -240,11 +246,13 @@ def delete_disk(
         exists = store.size(path) is not None
         extents: list[dspath.DsPath] = []
         if exists:
-            with contextlib.suppress(errors.InvalidArgument):
+            try:
                 desc = vmdk.parse(store.read_small(path, vmdk.MAX_DESCRIPTOR), str(path))
-                extents = [
-                    path.sibling(e.file) for e in desc.extents if e.file and "/" not in e.file
-                ]
+            except errors.InvalidArgument as exc:
+                raise errors.InvalidArgument(
+                    f"disk_id: {path} is not a VMDK descriptor; not deleting it"
+                ) from exc
+            extents = [path.sibling(e.file) for e in desc.extents if e.file and "/" not in e.file]
     ctx.set_stage("deleting")
     if exists:
         what = f"deleting disk {path}"

@@ -588,3 +588,27 @@ def test_cancelled_import_leaves_nothing_on_the_datastore(
     final = provider.wait_task(task.id, timeout=120)
     assert final.state == pb.TASK_STATE_CANCELLED, final
     assert not any(p.exists() for p in imported_files(vs, name))
+
+
+def test_delete_disk_only_deletes_imported_descriptors(vs: Lab, provider: ProviderClient) -> None:
+    own = vs.put_disk(vs.name("own"), pattern(MiB, 24))  # a disk ImportDisk did not make
+    junk = vs.root / DEFAULT_FOLDER / f"{vs.name('junk')}.vmdk"
+    junk.parent.mkdir(exist_ok=True)
+    junk.write_bytes(b"\x00not a descriptor")
+    vs.paths.append(junk)
+    for disk_id, match in (
+        (own, "import folder"),
+        (f"[{DATASTORE}] {DEFAULT_FOLDER}/{junk.name}", "not a VMDK descriptor"),
+        ("[LocalDS_0] ../escape.vmdk", "inside the datastore"),
+    ):
+        error = failure(
+            provider,
+            lambda disk_id=disk_id: provider.delete_disk(  # type: ignore[misc]
+                pb.DeleteDiskRequest(operation_id=op("dd"), disk_id=disk_id)
+            ),
+        )
+        assert isinstance(error, errors.InvalidArgument) and match in error.message, error
+    assert (vs.root / TEST_FOLDER / f"{vs.name('own')}-flat.vmdk").exists()
+    assert junk.exists()
+    gone = f"[{DATASTORE}] {DEFAULT_FOLDER}/{vs.name('never')}.vmdk"
+    finish(provider, provider.delete_disk(pb.DeleteDiskRequest(operation_id=op("g"), disk_id=gone)))
