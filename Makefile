@@ -37,9 +37,13 @@ test: system-deps install
 demo: system-deps install
 	$(BIN)/python scripts/demo.py
 
+## images: build the manager and provider images (needs a Docker engine; the tests lint
+## the Dockerfiles with hadolint and run the images' commands in the venv instead)
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 images:
-	docker build -f Dockerfile.manager -t virtrigaud/manager:dev .
-	docker build -f Dockerfile.provider -t virtrigaud/provider:dev .
+	@command -v docker >/dev/null || { echo "make images: no docker command here" >&2; exit 1; }
+	docker build -f Dockerfile.manager -t virtrigaud/manager:$(IMAGE_TAG) .
+	docker build -f Dockerfile.provider -t virtrigaud/provider:$(IMAGE_TAG) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -7,7 +7,6 @@ through the kubernetes client's model of its kind (tests/shipping/k8s_models.py)
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from manager.kube.provider_resources import provider_resources
 from manager.store.base import ObjectStore
 from tests.charts.helm import CHART, REPO, Rendered, RenderError, template
 from tests.manager.api.spec_examples import fences
+from tests.shipping.cli import subcommand_parser
 from tests.shipping.k8s_models import as_model
 from virtrigaud.cli import build_parser
 
@@ -95,13 +95,6 @@ def spec_role() -> dict[str, Any]:
         if isinstance(doc, dict) and doc.get("kind") == "Role":
             return doc
     raise AssertionError("the API reference has no RBAC Role example")
-
-
-def manager_parser() -> argparse.ArgumentParser | None:
-    for action in build_parser()._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return action.choices.get("manager")
-    return None
 
 
 def manager_container(rendered: Rendered) -> dict[str, Any]:
@@ -229,7 +222,7 @@ def test_manager_command(default: Rendered) -> None:
 
 
 def test_manager_arguments_parse_with_the_real_cli(default: Rendered, overridden: Rendered) -> None:
-    parser = manager_parser()
+    parser = subcommand_parser("manager")
     if parser is None:
         pytest.skip("virtrigaud has no `manager` subcommand yet: its arguments are unchecked")
     for rendered in (default, overridden):
