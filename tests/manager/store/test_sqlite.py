@@ -1,4 +1,7 @@
-"""SQLiteStore: the ObjectStore semantics of manager/store/base.py, one by one."""
+"""The ObjectStore semantics of manager/store/base.py, one by one, for both stores:
+the embedded SQLiteStore and KubeStore over the Kubernetes API emulator (tests/kubeapi,
+real HTTP through the official client). Tests that take ``tmp_path`` alone are about
+the SQLite file itself."""
 
 from __future__ import annotations
 
@@ -13,12 +16,17 @@ import pytest
 
 from manager.store.base import ObjectKey, WatchEvent
 from manager.store.sqlite import SQLiteStore
+from tests.kubeapi.fixtures import kube_store
 from tests.manager.store import factory
 from virtrigaud import errors
 
 
-@pytest.fixture
-def store(tmp_path: Path):
+@pytest.fixture(params=["sqlite", "kube"])
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    if request.param == "kube":
+        with kube_store() as (opened, _server):
+            yield opened
+        return
     with SQLiteStore(tmp_path / "state.db") as opened:
         yield opened
 
@@ -262,8 +270,9 @@ def test_malformed_manifest_is_refused_naming_the_field_and_nothing_is_stored(
         store.create(unknown)
     assert caught.value.field == "spec.endpointt"
     assert store.list("VirtualMachine") == [] and store.list("Provider") == []
-    assert _rows(tmp_path / "state.db", "objects") == 0
-    assert _rows(tmp_path / "state.db", "changes") == 0
+    if isinstance(store, SQLiteStore):
+        assert _rows(tmp_path / "state.db", "objects") == 0
+        assert _rows(tmp_path / "state.db", "changes") == 0
 
 
 def test_malformed_update_leaves_the_stored_object_alone(store: SQLiteStore) -> None:

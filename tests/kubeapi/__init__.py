@@ -1,0 +1,1 @@
+"""A stateful Kubernetes API emulator for the Kubernetes adapter's tests (see server.py)."""
