@@ -26,7 +26,11 @@ mkdir -p "$cache"
 exec 9>"$cache/lock"
 flock 9 # one build at a time (parallel test sessions)
 
+# No cgo (no C compiler needed, a static binary), no user Go config, no network.
+build_env=(GO111MODULE=off GOPROXY=off GOFLAGS= GOENV=off CGO_ENABLED=0)
+
 stamp="$(
+  echo "${build_env[*]}"
   sha256sum "$src" | cut -d' ' -f1
   go version
   dpkg-query -W -f='${Version}\n' golang-github-vmware-govmomi-dev 2>/dev/null || true
@@ -38,9 +42,9 @@ fi
 
 mkdir -p "$cache/src/$pkg" "$cache/gocache"
 cp "$src" "$cache/src/$pkg/main.go"
-# GOPATH mode against the Debian source tree: no module proxy, no network.
-GO111MODULE=off GOPROXY=off GOFLAGS= GOPATH="$cache:/usr/share/gocode" \
-  GOCACHE="$cache/gocache" go build -o "$binary.tmp" "$pkg" >&2
+# GOPATH mode against the Debian source tree.
+env "${build_env[@]}" GOPATH="$cache:/usr/share/gocode" GOCACHE="$cache/gocache" \
+  go build -o "$binary.tmp" "$pkg" >&2
 mv "$binary.tmp" "$binary"
 printf '%s' "$stamp" >"$cache/stamp"
 echo "$binary"
