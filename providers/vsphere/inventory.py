@@ -31,6 +31,7 @@ from providers.vsphere.client import (
     vim,
 )
 from providers.vsphere.model import DiskInfo, NicInfo, SnapshotInfo, VmInfo
+from providers.vsphere.placement import display_name
 from virtrigaud import errors
 
 VM_PROPERTIES = [
@@ -106,9 +107,9 @@ class _Names:
         self.datastores: dict[str, str] = {}
         for obj in objects:
             if isinstance(obj.ref, vim.Datastore):
-                self.datastores[obj.moid] = str(obj.props.get("name", ""))
+                self.datastores[obj.moid] = display_name(obj.props.get("name"))
             elif isinstance(obj.ref, vim.Network):
-                self.networks[obj.moid] = str(obj.props.get("name", ""))
+                self.networks[obj.moid] = display_name(obj.props.get("name"))
 
 
 def _retrieve(client: VSphereClient, root: Any, root_is_view: bool) -> list[VmInfo]:
@@ -166,7 +167,7 @@ def vm_info(moid: str, props: dict[str, Any], names: _Names) -> VmInfo:
     boot = _boot_disk_key(devices, props.get("config.bootOptions"))
     return VmInfo(
         id=moid,
-        name=str(props.get("name", "")),
+        name=display_name(props.get("name")),
         power=POWER.get(str(props.get("runtime.powerState", "")), "off"),
         cpu=cpu,
         sockets=max(1, cpu // cores) if cpu else 0,

@@ -138,7 +138,7 @@ def _find_template(client: VSphereClient, disk: DiskRequest) -> Any:
     matches = [
         o.ref
         for o in client.retrieve_all({vim.VirtualMachine: ["name"]}, "finding the image")
-        if o.props.get("name") == disk.image
+        if placement.display_name(o.props.get("name")) == disk.image
     ]
     if not matches:
         raise errors.NotFound(f"image {disk.image!r}: no VM or template of that name")

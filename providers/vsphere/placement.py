@@ -19,6 +19,7 @@ datastore transfers from it. Names are looked up inside the chosen datacenter:
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,17 @@ KINDS: dict[Any, list[str]] = {
     vim.ComputeResource: ["name", "parent", "resourcePool"],
     vim.ResourcePool: ["name", "parent"],
 }
+
+
+def display_name(value: object) -> str:
+    """vSphere stores ``%``, ``/`` and ``\\`` in entity names as ``%25``, ``%2f`` and
+    ``%5c``; the names reported are the ones a person typed."""
+    text = str(value or "")
+    if "%" not in text:
+        return text
+    return re.sub(
+        r"%(25|2[fF]|5[cC])", lambda m: {"25": "%", "2f": "/", "5c": "\\"}[m.group(1).lower()], text
+    )
 
 
 @dataclass
@@ -158,7 +170,7 @@ def _node(obj: ObjectProps) -> Node:
     parent = obj.props.get("parent")
     return Node(
         ref=obj.ref,
-        name=str(obj.props.get("name", "")),
+        name=display_name(obj.props.get("name")),
         parent=str(parent._moId) if parent is not None else None,
         props=obj.props,
     )

@@ -124,3 +124,10 @@ def test_descriptor_parse_and_rewrite() -> None:
         vmdk.parse(b"\x00binary", "x")
     with pytest.raises(errors.InvalidArgument):
         vmdk.parse(b"just text\n", "x")
+
+
+def test_escaped_entity_names_are_shown_as_typed() -> None:
+    from providers.vsphere.placement import display_name
+
+    assert display_name("web%2f01 100%25 a%5Cb") == "web/01 100% a\\b"
+    assert display_name(None) == ""
