@@ -18,13 +18,16 @@ Steps (nothing is created on the node before the checks pass):
 2. ``providers.common.transfer.import_from_storage`` downloads the object into the
    provider's scratch directory, verifies its SHA256 (ChecksumMismatch), refuses
    objects that refer to other files or that qemu-img finds corrupt, converts it to
-   the target format and checks the expected content digest.
-3. The image is streamed over SSH into a hidden temporary file beside the final name
-   (``dd conv=sparse``: zero blocks stay holes), its SHA256 is computed on the node
-   and compared with the local image's (ChecksumMismatch), then it is published
-   under the final name with a hard link (atomic, never overwrites) and the
-   temporary name removed. A record ``.<name>.virtrigaud.json`` beside it keeps the
-   verified digests.
+   qcow2 (the wire format: only allocated data crosses to the node) and checks the
+   expected content digest.
+3. The qcow2 image is streamed over SSH into a hidden temporary file beside the final
+   name (``dd conv=sparse``), its SHA256 is computed on the node and compared with the
+   local image's (ChecksumMismatch). For a raw volume (block storage targets, or
+   ``target_format`` RAW) it is converted on the node with qemu-img (zeros stay holes)
+   and ``qemu-img compare`` must find the same data in both. The result is published
+   under the final name with a hard link (atomic, never overwrites) and the temporary
+   files removed. A record ``.<name>.virtrigaud.json`` beside it keeps the verified
+   digests.
 
 So a volume with the final name only ever appears complete; any failure or
 cancellation removes the temporary file on the node and the provider's scratch.
@@ -61,6 +64,10 @@ log = get_logger("virtrigaud.proxmox")
 
 STAGE_UPLOADING_NODE = "writing to the node"
 STAGE_VERIFYING_NODE = "verifying on the node"
+STAGE_CONVERTING_NODE = "converting on the node"
+# What crosses the wire to the node: qcow2 carries only allocated data (a raw image
+# would send every zero of its holes); a raw volume is converted on the node.
+WIRE_FORMAT = "qcow2"
 FILE_FORMATS = ("qcow2", "raw")
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -160,12 +167,12 @@ def import_disk(
         scratch = site.settings.scratch
         with Scratch(scratch.directory, limit=scratch.limit) as room:
             room.reserve(object_size + object_size // 4096 + 16 * MIB, "the imported image")
-            image = room.file(f"image.{fmt}")
+            image = room.file(f"image.{WIRE_FORMAT}")
             outcome = transfer.import_from_storage(
-                request, image, fmt, staged, allowed_hosts=allowed, scratch_dir=room.path
+                request, image, WIRE_FORMAT, staged, allowed_hosts=allowed, scratch_dir=room.path
             )
             staged.check_cancelled()
-            file_sha = _upload(site, image, (directory, name, final), staged)
+            file_sha = _upload(site, image, fmt, (directory, name, final), staged)
         record = {
             "volid": volid,
             "format": fmt,
@@ -189,14 +196,19 @@ def import_disk(
     )
 
 
-def _upload(site: Site, image: str, target: tuple[str, str, str], ctx: StagedContext) -> str:
-    """Stream ``image`` to ``final`` on the node; the file's SHA256 (module docstring)."""
+def _upload(
+    site: Site, image: str, fmt: str, target: tuple[str, str, str], ctx: StagedContext
+) -> str:
+    """Put the verified ``WIRE_FORMAT`` image on the node as ``final`` in ``fmt``; the
+    SHA256 of the published file (module docstring)."""
     directory, name, final = target
     node = site.access
     cancel = ctx.cancel_event
     ctx.set_stage(STAGE_UPLOADING_NODE)
     nodeops.mkdirs(node, directory)
-    temp = f"{directory}/.{name}.part-{uuid.uuid4().hex[:12]}"
+    tag = uuid.uuid4().hex[:12]
+    sent_file = f"{directory}/.{name}.part-{tag}.{WIRE_FORMAT}"
+    published = sent_file if fmt == WIRE_FORMAT else f"{directory}/.{name}.part-{tag}"
     digest = hashlib.sha256()
     try:
         total = _size(image)
@@ -209,22 +221,39 @@ def _upload(site: Site, image: str, target: tuple[str, str, str], ctx: StagedCon
                 ctx.progress(sent, total)
                 yield piece.data
 
-        nodeops.receive_file(node, temp, chunks(), cancel)
+        nodeops.receive_file(node, sent_file, chunks(), cancel)
         ctx.check_cancelled()
         ctx.set_stage(STAGE_VERIFYING_NODE)
         local = digest.hexdigest()
-        remote = nodeops.sha256(node, temp, cancel)
+        remote = nodeops.sha256(node, sent_file, cancel)
         if remote != local:
             raise errors.ChecksumMismatch(
                 f"the image written to the node has SHA256 {remote}, the verified one {local}"
             )
-        nodeops.link_no_clobber(node, temp, final)
-        return local
+        file_sha = local
+        if published != sent_file:
+            ctx.set_stage(STAGE_CONVERTING_NODE)
+            virtual = int(nodeops.image_info(node, sent_file, WIRE_FORMAT)["virtual-size"])
+            nodeops.convert(
+                node,
+                sent_file,
+                published,
+                src_format=WIRE_FORMAT,
+                dst_format=fmt,
+                force_share=False,
+                cancel=cancel,
+                progress=lambda fraction: ctx.progress(int(fraction * virtual), virtual),
+            )
+            ctx.set_stage(STAGE_VERIFYING_NODE)
+            nodeops.same_content(node, (sent_file, WIRE_FORMAT), (published, fmt), cancel)
+            file_sha = nodeops.sha256(node, published, cancel)
+        nodeops.link_no_clobber(node, published, final)
+        return file_sha
     finally:
         try:
-            nodeops.remove(node, temp)
+            nodeops.remove(node, *dict.fromkeys([sent_file, published]))
         except errors.VirtrigaudError as exc:
-            log.warning("node_cleanup_failed", path=temp, error=exc.message)
+            log.warning("node_cleanup_failed", path=sent_file, error=exc.message)
 
 
 def _size(path: str) -> int:

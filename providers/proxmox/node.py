@@ -53,6 +53,16 @@ class CommandFailed(errors.FailedPrecondition):
         self.stderr = stderr
 
 
+def failure(argv: Sequence[str], status: int, stderr: str) -> errors.VirtrigaudError:
+    """The error of a failed node command: OutOfSpace when the node's disk is full
+    (retryable once space is freed), else ``CommandFailed``."""
+    if "No space left on device" in stderr or "Disk quota exceeded" in stderr:
+        return errors.OutOfSpace(
+            f"node command {argv[0]}: the node ran out of space: {stderr.strip()[-500:]}"
+        )
+    return CommandFailed(_command_text(argv), status, stderr)
+
+
 class Process(Protocol):
     """A started node command."""
 
@@ -111,7 +121,7 @@ def run(
     if watcher.fired:
         raise errors.Cancelled(f"node command {argv[0]} cancelled")
     if status not in tuple(ok_codes):
-        raise CommandFailed(_command_text(argv), status, proc.stderr_text())
+        raise failure(argv, status, proc.stderr_text())
     return out.decode("utf-8", errors="replace")
 
 
@@ -132,7 +142,7 @@ def read_stream(
         if watcher.fired:
             raise errors.Cancelled(f"node command {argv[0]} cancelled")
         if status != 0:
-            raise CommandFailed(_command_text(argv), status, proc.stderr_text())
+            raise failure(argv, status, proc.stderr_text())
 
     try:
         yield chunks()
@@ -174,7 +184,7 @@ def write_stream(
     if watcher.fired:
         raise errors.Cancelled(f"node command {argv[0]} cancelled")
     if status != 0:
-        raise CommandFailed(_command_text(argv), status, proc.stderr_text())
+        raise failure(argv, status, proc.stderr_text())
     if write_error is not None:
         raise write_error
 

@@ -115,6 +115,26 @@ def convert(
                 progress(min(float(found[-1]) / 100.0, 1.0))
 
 
+def same_content(
+    node: NodeAccess,
+    first: tuple[str, str],
+    second: tuple[str, str],
+    cancel: threading.Event | None = None,
+) -> None:
+    """``qemu-img compare`` of the guest-visible data of two node images (allocation may
+    differ); ChecksumMismatch if the data differs."""
+    (path_a, fmt_a), (path_b, fmt_b) = first, second
+    argv = ["qemu-img", "compare", "-f", fmt_a, "-F", fmt_b, path_a, path_b]
+    try:
+        nodeaccess.run(node, argv, cancel=cancel)
+    except nodeaccess.CommandFailed as exc:
+        if exc.status == 1:
+            raise errors.ChecksumMismatch(
+                f"the image converted on the node differs from the verified one: {exc.stderr}"
+            ) from None
+        raise
+
+
 def stream_file(node: NodeAccess, path: str, cancel: threading.Event | None = None) -> Any:
     """Context manager yielding the chunks of a node file."""
     return nodeaccess.read_stream(node, ["cat", "--", path], cancel)
