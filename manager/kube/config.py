@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from kubernetes import client, config
 
 from virtrigaud import errors
@@ -62,7 +63,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
             persist_config=False,
         )
         _, active = config.list_kube_config_contexts(config_file=path)
-    except (config.ConfigException, ValueError, KeyError) as exc:
+    except (config.ConfigException, ValueError, KeyError, yaml.YAMLError) as exc:
         raise errors.InvalidArgument(f"kubeconfig {path}: {exc}") from exc
     if context:
         contexts, _ = config.list_kube_config_contexts(config_file=path)

@@ -38,6 +38,7 @@ import copy
 import json
 import re
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -676,6 +677,12 @@ class KubeAPIServer(ThreadingHTTPServer):
         self.requests: deque[str] = deque(maxlen=5000)
         self.watches_served = 0
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client closing its watch mid-stream is normal, not worth a traceback."""
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:
