@@ -621,45 +621,20 @@ def _import(
         source, received, req=req, content=stream_content, scratch=scratch, ctx=ctx
     )
     virtual = _validate_object(received, req.src_format).virtual_size
-    conversion = "none"
-    if not req.passthrough:
-        conversion = "scratch"
-        ctx.stage(STAGE_CONVERTING)
-        qemu_img.convert(
-            received,
-            staged,
-            src_format=req.src_format,
-            dst_format=req.target_format,
-            subformat=req.subformat,
-            compress=req.compress,
-            progress=ctx.convert_progress(virtual),
-            cancel=ctx.cancel,
-        )
-        os.unlink(received)
-        scratch.release(req.size or 0)
-        scratch.release_stream()
-    ctx.stage(STAGE_VERIFYING)
-    layout = digest.data_layout(staged, req.target_format)
     if stream_content is not None:
         # A raw object is the virtual disk itself; qemu pads its last sector with zeros.
-        stream_content.update_zeros(layout.virtual_size - stream_content.size)
-        from_stream = stream_content.hexdigest()
-    if req.passthrough and stream_content is not None:
-        content = from_stream  # the stream was the disk: nothing to read back
+        stream_content.update_zeros(virtual - stream_content.size)
+    from_stream = stream_content.hexdigest() if stream_content is not None else None
+    if req.passthrough:
+        ctx.stage(STAGE_VERIFYING)
+        layout = digest.data_layout(staged, req.target_format)
+        content = from_stream or _target_digest(layout, scratch, ctx)
+        conversion = "none"
     else:
-        remaining = None if scratch.limit is None else max(scratch.limit - scratch.reserved, 0)
-        content = digest.layout_digest(
-            layout,
-            progress=ctx.progress,
-            cancel=ctx.cancel,
-            scratch_dir=scratch.path,
-            scratch_limit=remaining,
-            threads=_VERIFY_THREADS,
+        layout, content = _convert_and_verify(
+            received, staged, req, from_stream=from_stream, scratch=scratch, ctx=ctx
         )
-        if stream_content is not None and content != from_stream:
-            raise ChecksumMismatch(
-                f"converted image digest {content} differs from the received data {from_stream}"
-            )
+        conversion = "scratch"
     return ImportOutcome(
         path=staged,
         format=req.target_format,
@@ -669,6 +644,76 @@ def _import(
         virtual_size=layout.virtual_size,
         conversion=conversion,
         scratch_reserved=scratch.peak_reserved,
+    )
+
+
+def _convert_and_verify(
+    received: str,
+    staged: str,
+    req: _ImportRequest,
+    *,
+    from_stream: str | None,
+    scratch: Scratch,
+    ctx: _Context,
+) -> tuple[DataLayout, str]:
+    """Convert the verified object into ``staged``; return its layout and content digest.
+
+    The written image is checked against the object whatever the path: either both
+    are read and compared byte for byte, the object's content digest having been
+    computed while qemu-img converted (a raw object's during the download), or --
+    when either image cannot be read directly -- the written image is hashed and its
+    digest compared with the object's, when that one is known.
+    """
+    source = digest.data_layout(received, req.src_format)
+    with _Background(ctx.cancel) as background:
+        if from_stream is None and source.direct:
+            # qemu-img converts on one core; the object's digest takes the other.
+            background.start(_digest_job(source, scratch, False))
+        ctx.stage(STAGE_CONVERTING)
+        qemu_img.convert(
+            received,
+            staged,
+            src_format=req.src_format,
+            dst_format=req.target_format,
+            subformat=req.subformat,
+            compress=req.compress,
+            progress=ctx.convert_progress(source.virtual_size),
+            cancel=ctx.cancel,
+        )
+        from_source = from_stream or (background.result() if source.direct else None)
+    ctx.stage(STAGE_VERIFYING)
+    layout = digest.data_layout(staged, req.target_format)
+    if from_source is not None and layout.direct:
+        offset = digest.first_difference(
+            source, layout, progress=ctx.progress, cancel=ctx.cancel, threads=_VERIFY_THREADS
+        )
+        if offset is not None:
+            raise ChecksumMismatch(
+                f"the converted image differs from the received object at virtual offset "
+                f"{offset} (or in size)"
+            )
+        content = from_source
+    else:
+        content = _target_digest(layout, scratch, ctx)
+        if from_source is not None and content != from_source:
+            raise ChecksumMismatch(
+                f"converted image digest {content} differs from the received data {from_source}"
+            )
+    os.unlink(received)
+    scratch.release(req.size or 0)
+    scratch.release_stream()
+    return layout, content
+
+
+def _target_digest(layout: DataLayout, scratch: Scratch, ctx: _Context) -> str:
+    remaining = None if scratch.limit is None else max(scratch.limit - scratch.reserved, 0)
+    return digest.layout_digest(
+        layout,
+        progress=ctx.progress,
+        cancel=ctx.cancel,
+        scratch_dir=scratch.path,
+        scratch_limit=remaining,
+        threads=_VERIFY_THREADS,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -365,6 +366,55 @@ def test_content_mismatch_leaves_nothing(
             scratch_dir=scratch_dir,
         )
     assert listing(tmp_path) == ["scratch"]
+    assert listing(scratch_dir) == []
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # Both images readable directly: compared byte for byte.
+        ("qcow2", "raw", "differs from the received object at virtual offset"),
+        ("raw", "qcow2", "differs from the received object at virtual offset"),
+        ("vmdk-sparse", "qcow2", "differs from the received object at virtual offset"),
+        # vhdx cannot be read directly: its digest is compared with the object's.
+        ("qcow2", "vhdx", "differs from the received data"),
+    ],
+)
+def test_a_conversion_that_alters_the_disk_is_caught(
+    images: ImageSet,
+    scratch_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, str, str],
+) -> None:
+    """The written image is verified against the object, not trusted to qemu-img."""
+    obj, target, message = case
+    sink, exported = export_to_memory(images, "raw", obj, scratch_dir)
+    real_convert = qemu_img.convert
+
+    def altering_convert(src: str, dst: str, **kwargs: object) -> None:
+        real_convert(src, dst, **kwargs)  # type: ignore[arg-type]
+        fmt = str(kwargs["dst_format"])
+        # One guest byte changed inside data, as a faulty conversion or disk would.
+        subprocess.run(
+            ["qemu-io", "-f", fmt, "-c", f"write -P 0x5a {VIRTUAL_SIZE // 2} 512", dst],
+            check=True,
+            capture_output=True,
+        )
+
+    monkeypatch.setattr(qemu_img, "convert", altering_convert)
+    dest = tmp_path / "out" / f"disk.{target}"
+    dest.parent.mkdir()
+    with pytest.raises(ChecksumMismatch, match=message):
+        pipeline.import_image(
+            sink.chunks(),
+            exported.format,
+            target,
+            dest,
+            expected_sha256=exported.sha256,
+            scratch_dir=scratch_dir,
+        )
+    assert listing(dest.parent) == []
     assert listing(scratch_dir) == []
 
 
