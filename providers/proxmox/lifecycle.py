@@ -345,13 +345,15 @@ def _configure_clone(
     site: Site, vmid: str, plan: _Plan, params: dict[str, Any], ctx: TaskContext
 ) -> None:
     ctx.set_stage("configuring")
-    parsed = qemuconfig.parse_config(vm_config(site, vmid))
+    current = vm_config(site, vmid)
+    parsed = qemuconfig.parse_config(current)
     taken = {d.key for d in parsed.drives}
     update = {k: v for k, v in params.items() if k != "name"}
-    for key in plan.drives:
-        if key in taken:
-            raise errors.AlreadyExists(f"disks: the template already has a {key}")
-    update.update(plan.drives)
+    if "efidisk0" in current:
+        update.pop("efidisk0", None)  # the template's EFI vars disk was cloned too
+    used = set(taken)
+    for key, value in plan.drives.items():
+        update[_free_slot(key, used)] = value  # after the template's own disks
     update.update(plan.nets)
     stale = [n.key for n in parsed.nets if n.key not in plan.nets]
     if stale:
@@ -361,6 +363,18 @@ def _configure_clone(
         update["boot"] = f"order={boot}"
     upid = site.api.post(site.qemu(vmid, "config"), **update)
     site.api.wait_task(site.node, upid, f"configure VM {vmid}", ctx.cancel_event)
+
+
+def _free_slot(key: str, used: set[str]) -> str:
+    """``key``, or the next free device key on its bus (marked used)."""
+    bus = key.rstrip("0123456789")
+    index = int(key[len(bus) :])
+    while f"{bus}{index}" in used:
+        index += 1
+    if index >= qemuconfig.BUS_LIMITS[bus]:
+        raise errors.InvalidArgument(f"disks: no free {bus} slot left beside the template's disks")
+    used.add(f"{bus}{index}")
+    return f"{bus}{index}"
 
 
 def _undo_create(site: Site, vmid: str, pending: str) -> None:

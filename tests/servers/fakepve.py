@@ -13,7 +13,8 @@ nothing else:
   fakepve accepts without looking at the source) is done as qemu-server does it: the
   source must exist (else the create task fails), a volume of the source's virtual
   size is allocated and the data is copied with ``qemu-img convert``; the option is
-  not kept in the config;
+  not kept in the config; a new disk in a config update is allocated (and imported)
+  the same way, as qemu-server does;
 * a snapshot of a VM with qcow2 disks on a directory storage is an internal qcow2
   snapshot of that name in each disk file (``qemu-img snapshot -c``); deleting the
   snapshot deletes it from the files.
@@ -38,7 +39,7 @@ from typing import Any, TypeVar
 
 from fakepve import FakePve, TaskError
 from fakepve.certs import make_cert
-from fakepve.qemu import drives_of, split_drive, volume_ref
+from fakepve.qemu import DRIVE_KEY, NEW_DISK, drives_of, split_drive, volume_ref
 from fakepve.routing import die
 from fakepve.storage import _is_file
 
@@ -108,6 +109,17 @@ class NodePve(FakePve):  # type: ignore[misc]
         drive = ",".join([volid, *(f"{k}={props[k]}" for k in sorted(props))])
         drive_value, made = super()._qm_new_drive(vmid, key, drive, default)
         return drive_value, [volid, *made]
+
+    async def _apply_config(self, vm: Any, user: str, p: dict[str, Any]) -> Any:
+        # PVE allocates (and imports) new disks of a config update as on create;
+        # fakepve would store "storage:0,import-from=..." verbatim.
+        p = dict(p)
+        for key, value in list(p.items()):
+            if DRIVE_KEY.match(key):
+                volume, props = split_drive(value)
+                if NEW_DISK.match(volume) or "import-from" in props:
+                    p[key], _made = self._qm_new_drive(vm.vmid, key, value, None)
+        return await super()._apply_config(vm, user, p)
 
     # -- snapshots ----------------------------------------------------------------
 

@@ -22,7 +22,15 @@ import pytest
 from manager.providerclient import ProviderClient, RetryPolicy, raise_for_task
 from providers.proxmox.driver import ProxmoxDriver, create
 from providers.runtime import server as runtime_server
-from tests.providers.proxmox.env import BRIDGE, STORAGE, MiB, PveEnv, content_sha256, slow_disk
+from tests.providers.proxmox.env import (
+    BRIDGE,
+    STORAGE,
+    MiB,
+    PveEnv,
+    content_sha256,
+    slow_disk,
+    write_image,
+)
 from tests.servers import sshd
 from tests.servers.seaweedfs import SeaweedFS
 from virtrigaud import errors
@@ -561,3 +569,44 @@ def test_a_cancelled_import_leaves_nothing_on_the_node_or_the_provider(
         ["pgrep", "-f", f"of={pve_env.import_dir()}"], capture_output=True, text=True, check=False
     )
     assert busy.stdout.strip() == "", "the node's dd was not stopped"
+
+
+def test_a_template_clone_with_an_imported_extra_disk(
+    pve_env: PveEnv, pve_provider: ProviderClient, tmp_path: Path
+) -> None:
+    template = pve_env.add_vm(
+        f"tmpl-{uuid.uuid4().hex[:6]}",
+        {"scsi0": ("qcow2", 8 * MiB, b"\x01" * 512), "scsi1": ("qcow2", 8 * MiB, b"\x02" * 512)},
+    )
+    pve_env.pve.vm(int(template.vmid)).template = True
+    pve_env.import_dir().mkdir(exist_ok=True)
+    extra = pve_env.import_dir() / f"extra-{uuid.uuid4().hex[:6]}.qcow2"
+    write_image(extra, "qcow2", 4 * MiB, b"\xee" * 4096)
+    expected = content_sha256(extra, "qcow2")
+    vm_id = _run(
+        pve_provider,
+        pve_provider.create_vm(
+            pb.CreateVMRequest(
+                operation_id=_op("clone"),
+                name=f"clone-extra-{uuid.uuid4().hex[:6]}",
+                cpu=1,
+                memory_mib=256,
+                storage_hint=STORAGE,
+                disks=[
+                    pb.DiskSpec(image=pb.ImageRef(name=template.name)),
+                    pb.DiskSpec(imported=pb.ImportedDisk(disk_id=f"{STORAGE}:import/{extra.name}")),
+                ],
+            )
+        ),
+    ).create_vm_result.vm_id
+    disks = {d.id: d for d in pve_provider.describe_vm(vm_id).disks}
+    assert sorted(disks) == ["scsi0", "scsi1", "scsi2"]  # the import follows the template's
+    assert content_sha256(Path(disks["scsi2"].path), "qcow2") == expected
+    assert disks["scsi0"].boot
+    _run(
+        pve_provider,
+        pve_provider.delete_vm(
+            pb.DeleteVMRequest(operation_id=_op("d"), vm_id=vm_id, delete_disks=True)
+        ),
+    )
+    assert not extra.exists()  # delete_disks removed the import volume it was made from
