@@ -142,7 +142,13 @@ class Lab:
         return tasks.wait(self.client, task, "test setup")
 
     def make_vm(
-        self, name: str, disks: list[tuple[str, int]], *, power_on: bool = False, nics: int = 1
+        self,
+        name: str,
+        disks: list[tuple[str, int]],
+        *,
+        power_on: bool = False,
+        nics: int = 1,
+        firmware: str = "efi",
     ) -> str:
         """A VM attaching existing disks (path, capacity) on one PVSCSI controller."""
         content = self.client.content()
@@ -192,7 +198,7 @@ class Lab:
             numCPUs=2,
             numCoresPerSocket=1,
             memoryMB=256,
-            firmware="efi",
+            firmware=firmware,
             guestId="otherGuest64",
             files=vim.vm.FileInfo(vmPathName=f"[{DATASTORE}]"),
             deviceChange=changes,
