@@ -226,3 +226,26 @@ def test_transport_hasher(tmp_path: Path) -> None:
     path = tmp_path / "obj"
     path.write_bytes(joined)
     assert digest.sha256_file(path) == hashlib.sha256(joined).hexdigest()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_first_difference_finds_any_changed_byte(tmp_path: Path, threads: int) -> None:
+    """Images with the same bytes compare equal whatever their layout; one changed byte,
+    in data or in a hole of either side, is found in its chunk."""
+    size = 6 * CHUNK_SIZE + 4096
+    rng = random.Random(5)
+    writes = ((0, rng.randbytes(65536)), (3 * CHUNK_SIZE + 100, rng.randbytes(5000)))
+    raw = tmp_path / "a.raw"
+    write_raw(raw, size, writes)
+    qcow2 = tmp_path / "a.qcow2"
+    qemu_img.convert(raw, qcow2, src_format="raw", dst_format="qcow2")
+    same = digest.data_layout(qcow2, "qcow2")
+    assert digest.first_difference(digest.data_layout(raw, "raw"), same, threads=threads) is None
+    for offset in (3 * CHUNK_SIZE + 200, 5 * CHUNK_SIZE + 7, size - 1):  # data, hole, last
+        changed = tmp_path / f"changed-{offset}.raw"
+        write_raw(changed, size, (*writes, (offset, b"\x01")))
+        found = digest.first_difference(same, digest.data_layout(changed, "raw"), threads=threads)
+        assert found == offset // CHUNK_SIZE * CHUNK_SIZE
+    shorter = tmp_path / "short.raw"
+    write_raw(shorter, size - 4096, writes)
+    assert digest.first_difference(same, digest.data_layout(shorter, "raw")) == 0
