@@ -7,9 +7,10 @@ an ``sshd_config`` there (loopback only, a free port, public keys only,
 is changed.
 
 The user is whoever runs the tests. Run as root, OpenSSH insists on its privilege
-separation directory ``/run/sshd`` (normally made by the service unit); rather than
-creating it on the host, sshd then runs in a private mount namespace (``unshare -m``)
-with a tmpfs over ``/run`` that holds the directory, so the host stays untouched.
+separation directory ``/run/sshd`` (normally made by the service unit); when it is
+missing, rather than creating it on the host, sshd runs in a private mount namespace
+(``unshare -m``, which needs CAP_SYS_ADMIN) with a tmpfs over ``/run`` that holds the
+directory, so the host stays untouched.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def start(workdir: Path) -> SshServer:
         )
     )
     command = [SSHD, "-D", "-e", "-f", str(config)]
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not os.path.isdir("/run/sshd"):
         if shutil.which("unshare") is None:
             raise RuntimeError("running as root needs unshare (util-linux) for sshd's /run/sshd")
         inner = shlex.join(command)
