@@ -63,8 +63,14 @@ Every received object is verified against the expected SHA256 before anything el
 done with it, then refused if it refers to any other file (backing file, external data
 file, a vmdk extent elsewhere: a crafted object could otherwise pull host files into the
 disk) or if ``qemu-img check`` finds corruption. The content digest of the result is
-computed from the written image and compared with the expected one. A failure at any
-point leaves no output file behind, and scratch is removed on every exit path.
+established from the written image and compared with the expected one: streamed into
+place, the image is hashed (a raw stream: while it arrives); converted, the written
+image is read back and compared byte for byte with the received object, whose digest
+was computed meanwhile (while qemu-img converted, or a raw object's while it arrived)
+-- equal bytes, equal digest, and a memory compare costs a fraction of a SHA256 pass.
+When either image cannot be read directly (compressed clusters, vhdx), the written
+image is hashed and its digest compared with the object's. A failure at any point
+leaves no output file behind, and scratch is removed on every exit path.
 
 Scratch budget: before qemu-img writes a file into scratch, the worst case is reserved
 (export: the source's non-zero ranges rounded up to the target's allocation unit plus
@@ -81,7 +87,7 @@ source is anything else. On import the chunks are written by a second thread (at
 ``_WRITE_BEHIND_CHUNKS`` waiting), so the receiving thread's SHA256 and the writes
 overlap; the scratch copy of an object is not fsynced (it is deleted after the
 conversion, a crash discards it anyway; a destination streamed into place is). The
-written image's content digest is hashed by up to ``_VERIFY_THREADS`` threads.
+written image is hashed or compared by up to ``_VERIFY_THREADS`` threads.
 """
 
 from __future__ import annotations
@@ -143,7 +149,7 @@ def _usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-# Threads hashing the written image's content digest at the end of an import (the
+# Threads hashing or comparing the written image at the end of an import (the
 # only work left at that point, so every core may take part).
 _VERIFY_THREADS = max(1, min(4, _usable_cpus()))
 _WRITE_BEHIND_CHUNKS = 4  # received chunks (4 MiB each by default) waiting to be written
