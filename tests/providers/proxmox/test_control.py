@@ -210,6 +210,9 @@ def test_password_login_and_a_bad_password(pve_env: PveEnv) -> None:
     try:
         assert good.capabilities().hypervisor_version == "Proxmox VE 9.0.10"
         assert good.validate(pb.ValidateRequest()).checks[0].ok
+        pve_env.pve.revoke_tickets()  # the ticket expired: the next call logs in again
+        assert good.list_vms("no-such-name-*") == []
+        assert pve_env.pve.tickets, "no new ticket was issued"
     finally:
         good.close()
     bad = create(pve_env.config(credentials={**base, "username": "root", "password": "nope"}))
