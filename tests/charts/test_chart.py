@@ -20,6 +20,7 @@ from tests.charts.helm import CHART, REPO, Rendered, RenderError, template
 from tests.manager.api.spec_examples import fences
 from tests.shipping.cli import subcommand_parser
 from tests.shipping.k8s_models import as_model
+from tests.shipping.k8s_names import check_object
 from virtrigaud.cli import build_parser
 
 Rule = tuple[str, str, str]  # (apiGroup, resource, verb)
@@ -165,6 +166,7 @@ def test_default_render_is_valid(default: Rendered) -> None:
     ]
     for document in default.documents:
         as_model(document)
+        check_object(document)
         if document["kind"] not in CLUSTER_SCOPED:
             assert document["metadata"]["namespace"] == "virtrigaud-system"
         assert document["kind"] == "CustomResourceDefinition" or (
@@ -306,6 +308,7 @@ def test_user_role_is_the_api_reference_role(default: Rendered) -> None:
 def test_overrides_render_valid_manifests(overridden: Rendered) -> None:
     for document in overridden.documents:
         as_model(document)
+        check_object(document)
     assert kinds(overridden) == [
         ("ClusterRole", "prod-virtrigaud-vmmigration-editor"),
         ("Deployment", "prod-virtrigaud-manager"),

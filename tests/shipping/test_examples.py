@@ -18,6 +18,7 @@ from manager.onemachine.manifests import read_manifests
 from storage import parse_location
 from tests.manager.api.spec_examples import spec_dir
 from tests.shipping.k8s_models import as_model
+from tests.shipping.k8s_names import check_object
 from virtrigaud.errors import ValidationError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -123,6 +124,7 @@ def test_example_providers_build_valid_deployments(name: str) -> None:
         assert [o["kind"] for o in built] == ["Deployment", "Service"]
         for item in built:
             as_model(item)
+            check_object(item)
 
 
 def test_a_broken_example_is_refused_naming_file_and_field(tmp_path: Path) -> None:

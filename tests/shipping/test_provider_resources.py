@@ -25,6 +25,7 @@ from manager.kube.provider_resources import (
 )
 from providers.runtime.server import SERVICE_NAME
 from tests.shipping.k8s_models import as_model
+from tests.shipping.k8s_names import check_object
 from virtrigaud.cli import build_parser
 from virtrigaud.errors import ValidationError
 
@@ -68,6 +69,8 @@ def test_every_provider_type_builds_valid_objects(kind: ProviderType) -> None:
     model = as_model(deployment)
     assert model.kind == "Deployment"
     assert as_model(service).spec.type == "ClusterIP"
+    check_object(deployment)
+    check_object(service)
 
     name = resource_name(obj["metadata"]["name"])
     for item in (deployment, service):
@@ -282,8 +285,9 @@ def test_long_and_dotted_names_become_valid_distinct_service_names() -> None:
     obj = provider()
     obj["metadata"]["name"] = long_a
     deployment, service = split(provider_resources(obj))
-    as_model(deployment)
-    as_model(service)
+    for item in (deployment, service):
+        as_model(item)
+        check_object(item)
     for value in deployment["spec"]["template"]["metadata"]["labels"].values():
         assert len(value) <= 63
 
@@ -293,3 +297,22 @@ def test_input_is_not_modified() -> None:
     before = copy.deepcopy(obj)
     provider_resources(obj, allowed_storage_hosts=["h"])
     assert obj == before
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda d, s: s["metadata"].update(name="9-starts-with-a-digit"),
+        lambda d, s: s["spec"]["ports"][0].update(name="a-port-name-over-15"),
+        lambda d, s: d["metadata"]["labels"].update({"bad label": "x"}),
+        lambda d, s: d["spec"]["template"]["spec"]["volumes"][0].update(name="Upper"),
+        lambda d, s: container_of(d)["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"}),
+    ],
+)
+def test_name_rules_catch_what_the_api_server_refuses(spoil: Any) -> None:
+    """check_object can fail: each spoiled object is refused."""
+    deployment, service = split(provider_resources(provider()))
+    spoil(deployment, service)
+    with pytest.raises(AssertionError):
+        check_object(deployment)
+        check_object(service)
