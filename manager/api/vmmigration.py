@@ -66,6 +66,14 @@ class SourcePowerPolicy(StrEnum):
     SHUTDOWN_BEFORE_SNAPSHOT = "ShutdownBeforeSnapshot"
 
 
+class TargetPowerPolicy(StrEnum):
+    """``Off``: the target VM is created powered off. ``PowerOnAndVerify``: during
+    ValidatingTarget the target VM is powered on and must be seen running."""
+
+    OFF = "Off"
+    POWER_ON_AND_VERIFY = "PowerOnAndVerify"
+
+
 @dataclasses.dataclass(kw_only=True, slots=True)
 class ResourceHints:
     cpu: Positive | None = None
@@ -153,6 +161,7 @@ class VMMigrationSpec:
     cleanup_policy: CleanupPolicy = dataclasses.field(default_factory=CleanupPolicy)
     retry_policy: RetryPolicy = dataclasses.field(default_factory=RetryPolicy)
     source_power_policy: SourcePowerPolicy = SourcePowerPolicy.KEEP
+    target_power_policy: TargetPowerPolicy = TargetPowerPolicy.OFF
 
     @property
     def effective_target_namespace(self) -> str:

@@ -23,6 +23,7 @@ from manager.migration.model import (
     ExportDisk,
     ImportDisk,
     Plan,
+    PowerOnTargetVM,
     RpcFailure,
     Settings,
 )
@@ -80,7 +81,11 @@ def _store_write(world: World, action: Action) -> None:
             world.store.create(action.manifest)
         elif isinstance(action, DeleteTargetVM | DeleteSourceObject):
             world.store.delete("VirtualMachine", action.namespace, action.name)
-    except (errors.AlreadyExists, errors.NotFound) as exc:
+        elif isinstance(action, PowerOnTargetVM):
+            found = world.store.get("VirtualMachine", action.namespace, action.name)
+            found["spec"]["powerState"] = "On"
+            world.store.update(found)  # a Conflict: the next pass asks again
+    except (errors.AlreadyExists, errors.NotFound, errors.Conflict) as exc:
         log.info("store_write_already_done", action=type(action).__name__, detail=str(exc))
 
 

@@ -14,16 +14,28 @@ larger with ``targetResourceHints.disk``) and formats, and the NICs on the mappe
 networks; each disk's content digest was compared with the source snapshot's when it
 was imported (``disks._import_done``), and the Ready message says per disk whether the
 content digest or only the transport digest could be verified (a provider without
-FEATURE_CONTENT_DIGEST reports none). Then Ready (event MigrationCompleted) and the
-cleanup policy starts (``cleanup``).
+FEATURE_CONTENT_DIGEST reports none). With ``targetPowerPolicy: PowerOnAndVerify`` the
+target VirtualMachine is then set to ``powerState: On`` and the migration waits until
+DescribeVM shows it running (its VirtualMachine failing to power it on, or
+``Settings.target_vm_timeout`` after Created, fails the migration with
+TargetPowerOnFailed). Then Ready (event MigrationCompleted) and the cleanup policy
+starts (``cleanup``).
 """
 
 from __future__ import annotations
 
-from manager.api import DiskMigrationStatus, MigrationPhase, VMPhase, find_condition
+from manager.api import (
+    DiskMigrationStatus,
+    MigrationPhase,
+    PowerState,
+    TargetPowerPolicy,
+    VirtualMachine,
+    VMPhase,
+    find_condition,
+)
 from manager.migration import progress, target
 from manager.migration.context import Pass
-from manager.migration.model import CreateTargetVM, RpcFailure
+from manager.migration.model import CreateTargetVM, PowerOnTargetVM, RpcFailure
 from virtrigaud.provider.v1 import provider_pb2 as pb
 
 
@@ -138,17 +150,40 @@ def validating_target(p: Pass) -> None:
     if problems:
         p.fail("TargetValidationFailed", "target VM validation failed: " + "; ".join(problems))
         return
-    ready(p)
+    wants_power = p.spec.target_power_policy is TargetPowerPolicy.POWER_ON_AND_VERIFY
+    if wants_power and not _seen_running(p, found, described):
+        return
+    ready(p, "; target VM powered on and seen running" if wants_power else "")
 
 
-def ready(p: Pass) -> None:
+def _seen_running(p: Pass, found: VirtualMachine, described: pb.VM) -> bool:
+    """PowerOnAndVerify: True once the target VM runs; asks for it and waits before."""
+    if described.power_state == pb.POWER_STATE_ON:
+        return True
+    ready_cond = find_condition(found.status.conditions, "Ready") if found.status else None
+    if ready_cond is not None and ready_cond.reason == "PowerFailed":
+        p.fail("TargetPowerOnFailed", f"the target VM did not power on: {ready_cond.message}")
+        return False
+    created = find_condition(p.status.conditions, "Created")
+    started = created.last_transition_time if created else None
+    if started and (p.now - started).total_seconds() > p.settings.target_vm_timeout:
+        p.fail("TargetPowerOnFailed", "the target VM was not seen running in time")
+        return False
+    if found.spec.power_state is not PowerState.ON:
+        p.act(PowerOnTargetVM(p.spec.effective_target_namespace, p.spec.target_name))
+    p.status.message = f"Powering on the target VM {p.target_ref} to verify it starts"
+    p.poll()
+    return False
+
+
+def ready(p: Pass, note: str = "") -> None:
     st = p.status
     st.phase = MigrationPhase.READY
     st.progress = 100
     st.completion_time = p.now
     summary = _digest_summary(p, st.disks)
     verified = progress.disks(len(st.disks))
-    message = f"Migration completed successfully: {verified} verified ({summary})"
+    message = f"Migration completed successfully: {verified} verified ({summary}){note}"
     st.message = message
     p.condition("Ready", True, "MigrationCompleted", message)
     p.event("MigrationCompleted", "Migration completed successfully")

@@ -256,6 +256,15 @@ class DeleteTargetVM:
 
 
 @dataclass(frozen=True)
+class PowerOnTargetVM:
+    """Set the target VirtualMachine's ``spec.powerState: On`` (targetPowerPolicy
+    PowerOnAndVerify); its controller powers the VM on."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
 class CancelTask:
     side: Side
     task_id: str
@@ -277,6 +286,7 @@ Action = (
     | ImportDisk
     | CreateTargetVM
     | DeleteTargetVM
+    | PowerOnTargetVM
     | DeleteSourceObject
     | CancelTask
 )

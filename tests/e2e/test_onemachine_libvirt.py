@@ -106,7 +106,7 @@ def source(env: LibvirtEnv) -> Iterator[Source]:
 
 
 def _manifests(
-    env: LibvirtEnv, src: Source, storage: dict[str, Any], extra: list[Any]
+    env: LibvirtEnv, src: Source, storage: dict[str, Any], extra: list[Any], **spec: Any
 ) -> list[Any]:
     provider = {
         "apiVersion": "infra.virtrigaud.io/v1beta1",
@@ -151,6 +151,7 @@ def _manifests(
                     "backoffDuration": "1s",
                     "maxBackoffDuration": "2s",
                 },
+                **spec,
             },
         },
     ]
@@ -310,11 +311,22 @@ def test_running_two_disk_vm_moves_through_http_webdav(
         "endpoint": base,
         "credentialsSecretRef": {"name": "http-creds", "namespace": "default"},
     }
-    proc = _run(tmp_path, _manifests(env, source, storage, [secret]))
+    manifests = _manifests(env, source, storage, [secret], targetPowerPolicy="PowerOnAndVerify")
+    proc = _run(tmp_path, manifests)
     out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, f"{out}\n{err}"
     migration = _assert_migrated(env, source, tmp_path)
     assert all(d["intermediateStorageURL"].startswith(base) for d in migration["status"]["disks"])
+    # targetPowerPolicy PowerOnAndVerify: the target VM was started and left running.
+    assert "target VM powered on and seen running" in migration["status"]["message"]
+    store = SQLiteStore(tmp_path / "state.db")
+    target_id = store.get("VirtualMachine", "default", env.name("moved"))["status"]["id"]
+    store.close()
+    conn = env.connect()
+    try:
+        assert conn.lookupByUUIDString(target_id).isActive()
+    finally:
+        conn.close()
     cleaned = {c["type"]: c for c in migration["status"]["conditions"]}["CleanedUp"]
     assert cleaned["status"] == "True", cleaned
     for disk in migration["status"]["disks"]:  # deleted from the WebDAV server

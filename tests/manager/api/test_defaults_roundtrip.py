@@ -51,6 +51,7 @@ def test_vmmigration_defaults() -> None:
         "maxBackoffDuration": "30m",
     }
     assert defaulted["spec"]["sourcePowerPolicy"] == "Keep"
+    assert defaulted["spec"]["targetPowerPolicy"] == "Off"
     assert migration.to_dict() == defaulted
 
 
@@ -159,6 +160,7 @@ def test_to_dict_omits_unset_optionals() -> None:
         "cleanupPolicy",
         "retryPolicy",
         "sourcePowerPolicy",
+        "targetPowerPolicy",
     }
     assert out["spec"]["targetProviderRef"] == {"name": "target-provider"}
     assert out["metadata"] == {"name": "fragment-host", "namespace": "default"}

@@ -5,7 +5,14 @@ from __future__ import annotations
 import dataclasses
 from datetime import timedelta
 
-from manager.api import DiskPhase, MigrationPhase, VirtualMachine
+from manager.api import (
+    Condition,
+    ConditionStatus,
+    DiskPhase,
+    MigrationPhase,
+    PowerState,
+    VirtualMachine,
+)
 from manager.migration import planner
 from manager.migration.model import (
     FINALIZER,
@@ -18,6 +25,7 @@ from manager.migration.model import (
     Observations,
     Plan,
     PowerOffSource,
+    PowerOnTargetVM,
     Slots,
     TaskRef,
     TaskView,
@@ -444,3 +452,52 @@ def test_whole_gib_disks_record_their_size_and_a_hint_grows_the_boot_disk() -> N
     target = VirtualMachine.from_dict(create.manifest)
     assert target.spec.imported_disk is not None and target.spec.imported_disk.size_gib == 8
     assert [x.imported_disk.size_gib for x in target.spec.disks if x.imported_disk] == [2]
+
+
+def _described(d: Driver, power: int = pb.POWER_STATE_OFF) -> pb.VM:
+    described = pb.VM(id="vm-77", power_state=power)  # type: ignore[arg-type]
+    for x in d.status.disks:
+        described.disks.add(id=x.name, format=pb.DISK_FORMAT_RAW, virtual_size_bytes=x.size_bytes)
+    described.nics.add(id="net0", network="default")
+    return described
+
+
+def test_power_on_and_verify_powers_the_target_on_and_waits_until_it_runs() -> None:
+    d, obs = flows.all_exported(targetPowerPolicy="PowerOnAndVerify")
+    d, obs = _created(d, obs)
+    d.step(obs)
+    assert d.phase() is MigrationPhase.VALIDATING_TARGET
+    plan = d.step(dataclasses.replace(obs, target_vm=_described(d)))
+    assert plan.actions == [PowerOnTargetVM("default", "migrated")]
+    assert d.phase() is MigrationPhase.VALIDATING_TARGET
+    assert d.status.message == "Powering on the target VM default/migrated to verify it starts"
+    target = obs.target_object
+    assert target is not None
+    target.spec.power_state = PowerState.ON  # the action landed; the VM is still starting
+    plan = d.step(dataclasses.replace(obs, target_vm=_described(d)))
+    assert plan.actions == [] and d.phase() is MigrationPhase.VALIDATING_TARGET
+    plan = d.step(dataclasses.replace(obs, target_vm=_described(d, pb.POWER_STATE_ON)))
+    assert d.phase() is MigrationPhase.READY
+    assert (d.status.message or "").endswith("; target VM powered on and seen running")
+
+
+def test_power_on_and_verify_fails_when_the_target_cannot_power_on() -> None:
+    d, obs = flows.all_exported(targetPowerPolicy="PowerOnAndVerify")
+    d, obs = _created(d, obs)
+    d.step(obs)
+    target = obs.target_object
+    assert target is not None and target.status is not None
+    target.spec.power_state = PowerState.ON
+    target.status.conditions.append(
+        Condition(
+            type="Ready",
+            status=ConditionStatus.FALSE,
+            reason="PowerFailed",
+            message="power action On failed: no bootable device",
+            last_transition_time=d.now,
+        )
+    )
+    d.step(dataclasses.replace(obs, target_vm=_described(d)))
+    assert d.phase() is MigrationPhase.FAILED
+    assert cond(d.status, "Failed")[1] == "TargetPowerOnFailed"
+    assert "no bootable device" in (d.status.message or "")
