@@ -7,6 +7,7 @@ through the kubernetes client's model of its kind (tests/shipping/k8s_models.py)
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -399,3 +400,23 @@ def test_templates_only_use_what_the_renderer_was_proven_on() -> None:
             assert feature not in text, f"{path.name} uses {feature}"
     assert not (CHART / "charts").exists()
     assert not (CHART / "Chart.lock").exists()
+
+
+def _leaf_paths(values: Any, prefix: str = "") -> list[str]:
+    if isinstance(values, dict) and values:
+        out: list[str] = []
+        for key, value in values.items():
+            out += _leaf_paths(value, f"{prefix}.{key}" if prefix else key)
+        return out
+    return [prefix]
+
+
+def test_every_value_is_used_by_a_template() -> None:
+    """A value no template reads would be a setting that silently does nothing."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    text = "".join(p.read_text() for p in _all_files((CHART / "templates").rglob("*")))
+    used = set(re.findall(r"\.Values\.([\w.]+)", text))
+    for path in _leaf_paths(values):
+        parts = path.split(".")
+        prefixes = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
+        assert prefixes & used, f"values.yaml: {path} is used by no template"
