@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -239,3 +240,66 @@ def test_provider_starts_as_the_deployment_runs_it(tmp_path: Path) -> None:
         log.close()
     assert process.returncode == 0
     assert list((tmp_path / "scratch").iterdir()) == []  # nothing left after a clean stop
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_build_context_makes_a_wheel_with_every_module(name: str, tmp_path: Path) -> None:
+    """What the build stage's COPY lines bring in is enough to build the package, and the
+    wheel holds every module of the tree; installed alone, it runs the CLI."""
+    context = tmp_path / "src"
+    context.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for word, rest in instructions(REPO / name):
+        if word != "COPY" or rest.startswith("--from"):
+            continue
+        *sources, _dest = rest.split()
+        for source in sources:
+            if (REPO / source).is_dir():
+                shutil.copytree(REPO / source, context / source, ignore=ignore)
+            else:
+                shutil.copy2(REPO / source, context / source)
+    wheels = tmp_path / "wheels"
+    # the venv's setuptools (a dependency of grpcio-tools, dev) builds it: no network
+    pip = [sys.executable, "-m", "pip", "-q"]
+    done = subprocess.run(
+        [*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(context)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = wheels.glob("virtrigaud-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {n for n in archive.namelist() if n.endswith((".py", ".pyi", "py.typed"))}
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    tree = {
+        str(p.relative_to(REPO))
+        for package in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+        for p in REPO.glob(package.rstrip("*") + "/**/*")
+        if p.is_file() and p.suffix in (".py", ".pyi", ".typed") and "__pycache__" not in p.parts
+    }
+    assert tree - packed == set()
+
+    site = tmp_path / "site"
+    done = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    probe = (
+        "import sys, virtrigaud, virtrigaud.cli;"
+        "print(virtrigaud.__file__);"
+        "sys.exit(virtrigaud.cli.main(['provider', '--type', 'libvirt', '--help']))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(site)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0].startswith(str(site))
