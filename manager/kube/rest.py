@@ -51,9 +51,17 @@ KINDS: dict[str, Kind] = {
     "Secret": Kind("Secret", "", "v1", "secrets", False),
     "Event": Kind("Event", "", "v1", "events", False),
     "Lease": Kind("Lease", "coordination.k8s.io", "v1", "leases", False),
+    "Deployment": Kind("Deployment", "apps", "v1", "deployments", True),
+    "Service": Kind("Service", "", "v1", "services", True),
 }
-# core and coordination kinds: the CoreV1Api / CoordinationV1Api method suffix
-_TYPED = {"Secret": "secret", "Event": "event", "Lease": "lease"}
+# built-in kinds: the method suffix of their generated API class (CoreV1Api, ...)
+_TYPED = {
+    "Secret": "secret",
+    "Event": "event",
+    "Lease": "lease",
+    "Deployment": "deployment",
+    "Service": "service",
+}
 
 
 def _status_of(exc: ApiException) -> Obj:
@@ -118,10 +126,13 @@ class Rest:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
+        self.apps = client.AppsV1Api(api)
+
+    def _owner(self, kind: Kind) -> Any:
+        return {"Lease": self.coordination, "Deployment": self.apps}.get(kind.kind, self.core)
 
     def _typed(self, kind: Kind, verb: str) -> Callable[..., Any]:
-        owner = self.coordination if kind.kind == "Lease" else self.core
-        return getattr(owner, f"{verb}_{_TYPED[kind.kind]}")  # type: ignore[no-any-return]
+        return getattr(self._owner(kind), f"{verb}_{_TYPED[kind.kind]}")  # type: ignore[no-any-return]
 
     def _call(self, what: str, call: Callable[[], Any]) -> Obj:
         try:
@@ -163,7 +174,7 @@ class Rest:
         what = what or f"list {kind.plural}"
         if kind.kind in _TYPED:
             if namespace is None:
-                owner = self.coordination if kind.kind == "Lease" else self.core
+                owner = self._owner(kind)
                 fn = getattr(owner, f"list_{_TYPED[kind.kind]}_for_all_namespaces")
                 return self._call(what, lambda: fn(**opts))
             fn = self._typed(kind, "list_namespaced")
@@ -238,7 +249,7 @@ class Rest:
         }
         if kind.kind in _TYPED:
             if namespace is None:
-                owner = self.coordination if kind.kind == "Lease" else self.core
+                owner = self._owner(kind)
                 return getattr(owner, f"list_{_TYPED[kind.kind]}_for_all_namespaces")(**opts)
             return self._typed(kind, "list_namespaced")(namespace, **opts)
         if namespace is None:

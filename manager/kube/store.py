@@ -20,8 +20,9 @@ maps calls and errors:
 * ``watch`` is list + watch with resume (``manager.kube.watch``); Events are core/v1
   Events (``manager.kube.events``).
 
-``namespace`` restricts the adapter to one namespace (a namespaced manager); by default
-it sees the whole cluster.
+``namespaces`` restricts the adapter to those namespaces (a namespaced manager: lists
+and watches per namespace, writes elsewhere refused); by default it sees the whole
+cluster.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from __future__ import annotations
 import builtins
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from kubernetes import client
 
@@ -59,13 +60,13 @@ class KubeStore(ObjectStore):
         self,
         api: client.ApiClient,
         *,
-        namespace: str | None = None,
+        namespaces: Sequence[str] = (),
         instance: str | None = None,
         watch_seconds: int = WATCH_SECONDS,
         timeout: float = 30.0,
     ) -> None:
         self.api = api
-        self.namespace = namespace
+        self.namespaces = tuple(dict.fromkeys(namespaces))
         self.rest = Rest(api, timeout)
         self.watch_seconds = watch_seconds
         self.recorder = EventRecorder(self.rest, instance or socket.gethostname())
@@ -86,10 +87,16 @@ class KubeStore(ObjectStore):
         self.close()
 
     def _check_namespace(self, namespace: str) -> None:
-        if self.namespace is not None and namespace != self.namespace:
+        if self.namespaces and namespace not in self.namespaces:
             raise errors.PermissionDenied(
-                f"namespace {namespace}: this manager only watches namespace {self.namespace}"
+                f"namespace {namespace}: this manager only watches namespaces "
+                f"{', '.join(self.namespaces)}"
             )
+
+    def _scopes(self, namespace: str | None) -> tuple[str | None, ...]:
+        if namespace is not None:
+            return (namespace,)
+        return self.namespaces or (None,)
 
     # -- reads --------------------------------------------------------------------------
 
@@ -105,17 +112,18 @@ class KubeStore(ObjectStore):
         labels: dict[str, str] | None = None,
     ) -> builtins.list[Obj]:
         spec = _kind(kind)
-        if namespace is None:
-            namespace = self.namespace
         selector = ",".join(f"{k}={v}" for k, v in sorted((labels or {}).items()))
-        found = self.rest.list(spec, namespace, labels=selector)
-        items = [with_kind(o, spec) for o in found.get("items") or []]
+        items = [
+            with_kind(o, spec)
+            for scope in self._scopes(namespace)
+            for o in self.rest.list(spec, scope, labels=selector).get("items") or []
+        ]
         items.sort(key=lambda o: (o["metadata"].get("namespace") or "", o["metadata"]["name"]))
         return items
 
     def watch(self, kinds: tuple[str, ...], stop: threading.Event) -> Iterator[WatchEvent]:
-        specs = [_kind(kind) for kind in kinds]
-        watch = MultiWatch(self.rest, specs, self.namespace, stop, self.watch_seconds)
+        scopes = [(_kind(kind), scope) for kind in kinds for scope in self._scopes(None)]
+        watch = MultiWatch(self.rest, scopes, stop, self.watch_seconds)
         with self._lock:
             self.watches = [w for w in self.watches if not w._stopped()]
             self.watches.append(watch)
@@ -185,6 +193,14 @@ class KubeStore(ObjectStore):
         except errors.NotFound:
             current = None
         return self.recorder.events_for(ObjectKey(kind, namespace, name), current)
+
+    def reachable(self) -> bool | str:
+        """True when the API answers (for /readyz), else the reason."""
+        try:
+            self.rest.list(KINDS["Provider"], self._scopes(None)[0])
+        except errors.VirtrigaudError as exc:
+            return str(exc)
+        return True
 
     def read_secret(self, namespace: str, name: str) -> dict[str, str]:
         try:

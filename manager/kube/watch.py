@@ -207,8 +207,7 @@ class MultiWatch:
     def __init__(
         self,
         rest: Rest,
-        kinds: list[Kind],
-        namespace: str | None,
+        scopes: list[tuple[Kind, str | None]],
         stop: threading.Event,
         watch_seconds: int = WATCH_SECONDS,
     ) -> None:
@@ -224,7 +223,7 @@ class MultiWatch:
                 stopped=self._stopped,
                 watch_seconds=watch_seconds,
             )
-            for kind in kinds
+            for kind, namespace in scopes
         ]
         for watcher in self.watchers:
             watcher.prime()  # the cursor is taken now, before the iterator is consumed

@@ -217,9 +217,9 @@ def test_a_namespaced_store_sees_and_writes_only_its_namespace(
     store, server = env
     store.create(factory.provider("a", "prod"))
     store.create(factory.provider("b", "default"))
-    scoped = KubeStore(api_client(server), namespace="prod")
+    scoped = KubeStore(api_client(server), namespaces=["prod"])
     assert [o["metadata"]["name"] for o in scoped.list("Provider")] == ["a"]
-    with pytest.raises(errors.PermissionDenied, match="only watches namespace prod"):
+    with pytest.raises(errors.PermissionDenied, match="only watches namespaces prod"):
         scoped.create(factory.provider("c", "default"))
     scoped.close()
 
