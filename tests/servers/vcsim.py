@@ -94,6 +94,7 @@ class Vcsim:
                 str(pair.cert),
                 "-key",
                 str(pair.key),
+                "-exit-with-parent",
             ],
             stdout=subprocess.PIPE,
             stderr=log,

@@ -8,7 +8,9 @@
 // With a username the SOAP login checks the password (read from the environment
 // variable named by -password-env, so it never shows in the process list). With -tls
 // it speaks HTTPS, with -cert/-key using that certificate instead of Go's built-in
-// test certificate. SIGTERM or SIGINT stop it and remove the datastore folders.
+// test certificate. SIGTERM or SIGINT stop it and remove the datastore folders; with
+// -exit-with-parent it also stops when the process that started it is gone (a test
+// run killed with SIGKILL leaves no simulator behind).
 package main
 
 import (
@@ -20,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/vmware/govmomi/simulator"
 )
@@ -38,6 +41,7 @@ func main() {
 	keyFile := flag.String("key", "", "PEM private key of -cert")
 	datastores := flag.Int("datastores", 1, "datastores per datacenter")
 	machines := flag.Int("machines", 2, "VMs per resource pool")
+	withParent := flag.Bool("exit-with-parent", false, "stop when the parent process exits")
 	flag.Parse()
 
 	model := simulator.VPX()
@@ -75,5 +79,14 @@ func main() {
 
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
+	if *withParent {
+		parent := os.Getppid()
+		go func() {
+			for os.Getppid() == parent {
+				time.Sleep(time.Second)
+			}
+			stop <- syscall.SIGTERM
+		}()
+	}
 	<-stop
 }
