@@ -90,7 +90,7 @@ class TransportHasher:
         self._sha = hashlib.sha256()
         self.size = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self._sha.update(data)
         self.size += len(data)
 
@@ -179,7 +179,7 @@ class ContentHasher:
         self._buffer = bytearray()
         self.size = 0
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.size += len(data)
         pos = 0
         if self._buffer:
@@ -217,7 +217,7 @@ class ContentHasher:
             self._add(bytes(self._buffer))
             self._buffer.clear()
 
-    def _add(self, chunk: bytes) -> None:
+    def _add(self, chunk: bytes | memoryview) -> None:
         if is_zero(chunk):
             self._tree.add_zero_chunk(len(chunk))
         else:

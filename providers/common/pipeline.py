@@ -120,7 +120,7 @@ from . import digest, qemu_img
 from .digest import ContentHasher, DataLayout, TransportHasher
 from .qemu_img import CancelToken, ImageInfo
 from .scratch import MIB, Scratch
-from .sparsefile import SparseWriter, iter_file, os_error
+from .sparsefile import SparseWriter, iter_file, iter_file_into, os_error
 
 ByteProgress = Callable[[int, int], None]
 StageFn = Callable[[str], None]
@@ -152,6 +152,7 @@ def _usable_cpus() -> int:
 # Threads hashing or comparing the written image at the end of an import (the
 # only work left at that point, so every core may take part).
 _VERIFY_THREADS = max(1, min(4, _usable_cpus()))
+_UPLOAD_READ = 4 * MIB  # bytes read from the file per piece of an upload
 _WRITE_BEHIND_CHUNKS = 4  # received chunks (4 MiB each by default) waiting to be written
 
 
@@ -216,7 +217,7 @@ class _Transport(Protocol):
 
     size: int
 
-    def update(self, data: bytes) -> None: ...
+    def update(self, data: bytes | memoryview) -> None: ...
 
     def hexdigest(self) -> str: ...
 
@@ -235,7 +236,7 @@ class _CountOnly:
         self.size = 0
         self._digest = digest
 
-    def update(self, data: bytes) -> None:
+    def update(self, data: bytes | memoryview) -> None:
         self.size += len(data)
 
     def hexdigest(self) -> str:
@@ -427,14 +428,24 @@ def _upload_file(
     ctx.stage(STAGE_UPLOADING)
     total = os.path.getsize(path)
     ctx.report(0, total)
-    for piece in iter_file(path, cancel=ctx.cancel):
-        sink.write(piece.data)
-        transport.update(piece.data)
+    pieces: Iterable[tuple[bytes | memoryview, bool]]
+    writer = sink if isinstance(sink, Writer) else None
+    if writer is not None:
+        # Storage writers copy what they keep, so one buffer serves every read.
+        pieces = iter_file_into(path, bytearray(_UPLOAD_READ), cancel=ctx.cancel)
+    else:
+        pieces = ((p.data, p.hole) for p in iter_file(path, cancel=ctx.cancel))
+    for data, hole in pieces:
+        if writer is not None:
+            writer.write(data)
+        else:
+            sink.write(bytes(data))  # already bytes: no copy
+        transport.update(data)
         if content is not None:
-            if piece.hole:
-                content.update_zeros(len(piece.data))
+            if hole:
+                content.update_zeros(len(data))
             else:
-                content.update(piece.data)
+                content.update(data)
         ctx.report(transport.size, total)
     ctx.check()
 

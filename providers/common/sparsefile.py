@@ -92,7 +92,52 @@ def iter_file(
         os.close(fd)
 
 
-def is_zero(data: bytes) -> bool:
+def iter_file_into(
+    path: str, buffer: bytearray, *, cancel: CancelToken | None = None
+) -> Iterator[tuple[memoryview, bool]]:
+    """Like ``iter_file``, but data is read into ``buffer`` (no allocation per piece).
+
+    Yields ``(view, hole)``; a data view is only valid until the next piece is asked
+    for, so the consumer must copy what it keeps (storage writers do). Hole pieces are
+    views of a shared zero block. Pieces are at most ``len(buffer)`` bytes.
+    """
+    whole = memoryview(buffer)
+    zeros = memoryview(_ZEROS_IO)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        for pos, n, is_data in _runs(fd, path, len(buffer), cancel):
+            if is_data:
+                view = whole[:n]
+                done = 0
+                while done < n:
+                    got = os.preadv(fd, [view[done:]], pos + done)
+                    if not got:
+                        raise InternalError(f"{path} shrank while being read")
+                    done += got
+                yield view, False
+            else:
+                for start in range(0, n, IO_BLOCK):
+                    yield zeros[: min(IO_BLOCK, n - start)], True
+    finally:
+        os.close(fd)
+
+
+def _runs(
+    fd: int, path: str, block: int, cancel: CancelToken | None
+) -> Iterator[tuple[int, int, bool]]:
+    """``(offset, length, is_data)`` pieces of at most ``block`` bytes covering the file."""
+    size = os.fstat(fd).st_size
+    for start, end, is_data in segments(fd, size):
+        pos = start
+        while pos < end:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled while reading " + path)
+            n = min(block, end - pos)
+            yield pos, n, is_data
+            pos += n
+
+
+def is_zero(data: bytes | memoryview) -> bool:
     """All zero bytes (a memcmp against a zero block, far cheaper than hashing)."""
     view = memoryview(data)
     for i in range(0, len(view), IO_BLOCK):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from providers.common.scratch import Scratch
-from providers.common.sparsefile import SparseWriter, iter_file, os_error
+from providers.common.sparsefile import SparseWriter, iter_file, iter_file_into, os_error
 from virtrigaud.errors import InternalError, InvalidArgument, NotFound, OutOfSpace, PermissionDenied
 
 from .helpers import MIB, listing
@@ -77,6 +77,12 @@ def test_sparse_writer_leaves_zero_runs_unwritten(tmp_path: Path) -> None:
     pieces = list(iter_file(str(path)))
     assert b"".join(p.data for p in pieces) == path.read_bytes()
     assert sum(len(p.data) for p in pieces if p.hole) >= 14 * MIB  # holes are not read
+    # The same pieces read into one reused buffer (each copied before the next read).
+    buffer = bytearray(3 * MIB)
+    views = [(bytes(v), hole) for v, hole in iter_file_into(str(path), buffer)]
+    assert b"".join(v for v, _ in views) == path.read_bytes()
+    assert max(len(v) for v, _ in views) <= len(buffer)
+    assert sum(len(v) for v, hole in views if hole) >= 14 * MIB
 
 
 def test_sparse_writer_abort_removes_the_file(tmp_path: Path) -> None:
