@@ -11,37 +11,28 @@ no snapshot on the source.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from manager.store.sqlite import SQLiteStore
 from providers.common import digest, qemu_img
 from providers.libvirt import domxml, volxml
-from tests.servers.libvirtd import LibvirtEnv, remove_domain, session_env
+from tests.servers.libvirtd import LibvirtEnv, session_env
 from tests.servers.nginx import NginxDav
 from tests.servers.seaweedfs import SeaweedFS
+from tests.support.libvirt_vms import Source, define_source, remove_all
+from tests.support.onemachine import cli, migration_status, run
 from virtrigaud import errors
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
-
-
-@dataclass
-class Source:
-    name: str
-    uuid: str
-    disks: list[tuple[str, str]]  # (path, format)
 
 
 @pytest.fixture(scope="module")
@@ -49,60 +40,11 @@ def env(pytestconfig: pytest.Config) -> LibvirtEnv:
     return session_env(pytestconfig)
 
 
-def _volume(conn: Any, env: LibvirtEnv, name: str, fmt: str, *, size: int, fill: int) -> str:
-    pool = conn.storagePoolLookupByName(env.pool)
-    path = str(pool.createXML(volxml.build_volume(name, size, fmt), 0).path())
-    # Known data at several offsets, holes elsewhere.
-    for index, offset in enumerate((0, size // 3, size - 4 * MiB)):
-        subprocess.run(
-            ["qemu-io", "-f", fmt, "-c", f"write -P {fill + index} {offset} {2 * MiB}", path],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    return path
-
-
 @pytest.fixture
 def source(env: LibvirtEnv) -> Iterator[Source]:
-    tag = secrets.token_hex(3)
-    conn = env.connect()
-    disks = [
-        (
-            _volume(
-                conn, env, env.name(f"e2e-{tag}-root.qcow2"), "qcow2", size=96 * MiB, fill=0x31
-            ),
-            "qcow2",
-        ),
-        (
-            _volume(conn, env, env.name(f"e2e-{tag}-data.img"), "raw", size=48 * MiB, fill=0x61),
-            "raw",
-        ),
-    ]
-    plan = domxml.DomainPlan(
-        name=env.name(f"e2e-src-{tag}"),
-        vcpus=1,
-        memory_mib=64,
-        virt_type="qemu",
-        disks=[
-            domxml.DiskPlan(disks[0][0], "qcow2", "virtio", "vda", boot_order=1),
-            domxml.DiskPlan(disks[1][0], "raw", "virtio", "vdb"),
-        ],
-        nics=[domxml.NicPlan("network", env.network, "52:54:00:e2:e0:01")],
-    )
-    dom = conn.defineXML(domxml.build_domain(plan))
-    dom.create()  # the source keeps running during the migration
-    created = Source(plan.name, dom.UUIDString(), disks)
-    yield created
-    for candidate in conn.listAllDomains(0):
-        if candidate.name().startswith(env.prefix):
-            remove_domain(candidate)
-    for pool_name in (env.pool, env.pool2):
-        pool = conn.storagePoolLookupByName(pool_name)
-        pool.refresh(0)
-        for vol in pool.listAllVolumes(0):
-            vol.delete(0)
-    conn.close()
+    """A running two-disk VM (qcow2 96 MiB, raw 48 MiB) on the session's first pool."""
+    yield define_source(env, [("qcow2", 96 * MiB, 0x31), ("raw", 48 * MiB, 0x61)], label="e2e")
+    remove_all(env)
 
 
 def _manifests(
@@ -155,47 +97,6 @@ def _manifests(
             },
         },
     ]
-
-
-def _run(workdir: Path, manifests: list[Any], timeout: float = 900) -> subprocess.Popen[str]:
-    (workdir / "manifests").mkdir(exist_ok=True)
-    (workdir / "manifests" / "all.yaml").write_text(yaml.safe_dump_all(manifests))
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "virtrigaud.cli",
-            "run",
-            "-f",
-            str(workdir / "manifests"),
-            "--store",
-            str(workdir / "state.db"),
-            "--timeout",
-            str(timeout),
-        ],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "VIRTRIGAUD_STORAGE_ALLOWED_HOSTS": "127.0.0.1",
-            "PYTHONPATH": str(REPO),
-        },
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _cli(workdir: Path, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "virtrigaud.cli", *args, "--store", str(workdir / "state.db")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 def _assert_migrated(
@@ -283,16 +184,16 @@ def test_running_two_disk_vm_moves_through_s3(
         "endpoint": seaweed.endpoint,
         "credentialsSecretRef": {"name": "s3-creds", "namespace": "default"},
     }
-    proc = _run(tmp_path, _manifests(env, source, storage, [secret]))
+    proc = run(tmp_path, _manifests(env, source, storage, [secret]))
     out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, f"{out}\n{err}"
     migration = _assert_migrated(env, source, tmp_path)
     cleaned = {c["type"]: c for c in migration["status"]["conditions"]}["CleanedUp"]
     assert cleaned["status"] == "True", cleaned
     assert list(seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", [])) == []
-    table = _cli(tmp_path, "get", "vmmigrations")
+    table = cli(tmp_path, "get", "vmmigrations")
     assert "move-app" in table and "Ready" in table
-    described = _cli(tmp_path, "describe", "vmmigration", "move-app")
+    described = cli(tmp_path, "describe", "vmmigration", "move-app")
     assert "MigrationCompleted" in described
 
 
@@ -312,7 +213,7 @@ def test_running_two_disk_vm_moves_through_http_webdav(
         "credentialsSecretRef": {"name": "http-creds", "namespace": "default"},
     }
     manifests = _manifests(env, source, storage, [secret], targetPowerPolicy="PowerOnAndVerify")
-    proc = _run(tmp_path, manifests)
+    proc = run(tmp_path, manifests)
     out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, f"{out}\n{err}"
     migration = _assert_migrated(env, source, tmp_path)
@@ -342,7 +243,7 @@ def test_killed_run_resumes_without_redoing_finished_disks(
     nfs.mkdir()
     storage = {"type": "nfs", "path": str(nfs)}
     manifests = _manifests(env, source, storage, [])
-    proc = _run(tmp_path, manifests)
+    proc = run(tmp_path, manifests)
     store_path = tmp_path / "state.db"
     deadline = time.monotonic() + 600
     first_disk: dict[str, Any] | None = None
@@ -363,7 +264,7 @@ def test_killed_run_resumes_without_redoing_finished_disks(
     assert first_disk is not None, "no disk finished its export before the run ended"
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
-    again = _run(tmp_path, manifests)
+    again = run(tmp_path, manifests)
     out, err = again.communicate(timeout=1200)
     assert again.returncode == 0, f"{out}\n{err}"
     migration = _assert_migrated(env, source, tmp_path, all_events=False)
@@ -377,19 +278,6 @@ def test_killed_run_resumes_without_redoing_finished_disks(
     while _providers_of(env) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert _providers_of(env) == []
-
-
-def _status_of(store_path: Path) -> dict[str, Any]:
-    if not store_path.exists():
-        return {}
-    store = SQLiteStore(store_path)
-    try:
-        obj = store.get("VMMigration", "default", "move-app")
-    except errors.NotFound:
-        obj = {}
-    finally:
-        store.close()
-    return dict(obj.get("status") or {})
 
 
 def _attach_big_disk(env: LibvirtEnv, source: Source) -> str:
@@ -423,12 +311,12 @@ def test_a_corrupted_object_is_caught_and_only_that_disk_exported_again(
     big = _attach_big_disk(env, source)
     nfs = tmp_path / "nfs"
     nfs.mkdir()
-    proc = _run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
+    proc = run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
     store_path = tmp_path / "state.db"
     deadline = time.monotonic() + 600
     victim: dict[str, Any] | None = None
     while time.monotonic() < deadline and proc.poll() is None:
-        disks = {d["name"]: d for d in _status_of(store_path).get("disks") or []}
+        disks = {d["name"]: d for d in migration_status(store_path, "move-app").get("disks") or []}
         vdb, vdc = disks.get("vdb", {}), disks.get("vdc", {})
         if vdb.get("phase") == "Exported" and vdc.get("phase") == "Exporting":
             victim = dict(vdb)
@@ -478,12 +366,15 @@ def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
     big = _attach_big_disk(env, source)
     nfs = tmp_path / "nfs"
     nfs.mkdir()
-    proc = _run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
+    proc = run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
     store_path = tmp_path / "state.db"
     deadline = time.monotonic() + 600
     seen: dict[str, str] = {}
     while time.monotonic() < deadline and proc.poll() is None:
-        disks = {d["name"]: d.get("phase", "") for d in _status_of(store_path).get("disks") or []}
+        disks = {
+            d["name"]: d.get("phase", "")
+            for d in migration_status(store_path, "move-app").get("disks") or []
+        }
         seen = disks
         if "Imported" in disks.values() and "Importing" in disks.values():
             break
@@ -493,9 +384,9 @@ def test_deleting_a_migration_mid_import_leaves_nothing_anywhere(
     store.delete("VMMigration", "default", "move-app")
     store.close()
     deadline = time.monotonic() + 300
-    while _status_of(store_path) and time.monotonic() < deadline:
+    while migration_status(store_path, "move-app") and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _status_of(store_path), "the finalizer never finished"
+    assert not migration_status(store_path, "move-app"), "the finalizer never finished"
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     store = SQLiteStore(store_path)
