@@ -50,18 +50,18 @@ POWER = {
 
 
 def imported_disk(ref: ImportedDiskRef) -> pb.ImportedDisk:
+    # The disk's own size is the provider's to read (the volume / descriptor knows it);
+    # sizeGiB is a size to grow to, sent as DiskSpec.size_bytes.
     return pb.ImportedDisk(
-        disk_id=ref.disk_id,
-        path=ref.path or "",
-        format=TO_PB_FORMAT[ref.format],
-        size_bytes=(ref.size_gib or 0) * GiB,
+        disk_id=ref.disk_id, path=ref.path or "", format=TO_PB_FORMAT[ref.format]
     )
 
 
 def disk_specs(vm: VirtualMachine) -> list[pb.DiskSpec]:
     spec = vm.spec
     if spec.imported_disk is not None:
-        disks = [pb.DiskSpec(imported=imported_disk(spec.imported_disk))]
+        boot = spec.imported_disk
+        disks = [pb.DiskSpec(imported=imported_disk(boot), size_bytes=(boot.size_gib or 0) * GiB)]
     elif spec.image_ref is not None:
         disks = [pb.DiskSpec(image=pb.ImageRef(name=spec.image_ref.name))]
     else:
@@ -73,11 +73,12 @@ def disk_specs(vm: VirtualMachine) -> list[pb.DiskSpec]:
                 "empty disks (sizeGiB alone) cannot be created through the provider "
                 "contract yet; attach an existing disk with importedDisk",
             )
+        grow = disk.size_gib or disk.imported_disk.size_gib or 0
         disks.append(
             pb.DiskSpec(
                 imported=imported_disk(disk.imported_disk),
                 bus=disk.bus.value if disk.bus else "",
-                size_bytes=(disk.size_gib or 0) * GiB,
+                size_bytes=grow * GiB,
             )
         )
     return disks

@@ -44,8 +44,9 @@ def test_imported_disks_resources_firmware_and_labels() -> None:
     assert made.firmware == pb.FIRMWARE_UEFI and made.power_on is False
     boot, data = made.disks
     assert boot.imported == pb.ImportedDisk(
-        disk_id="pool/web-vda", path="/p/web-vda", format=pb.DISK_FORMAT_QCOW2, size_bytes=10 * GiB
+        disk_id="pool/web-vda", path="/p/web-vda", format=pb.DISK_FORMAT_QCOW2
     )
+    assert boot.size_bytes == 10 * GiB  # sizeGiB: the size to grow the disk to
     assert (data.imported.disk_id, data.imported.format) == ("pool/web-vdb", pb.DISK_FORMAT_RAW)
     assert (data.bus, data.size_bytes) == ("scsi", 20 * GiB)
     assert made.labels == {
