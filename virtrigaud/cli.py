@@ -6,6 +6,7 @@ Subcommands:
   get        list VMMigrations, VirtualMachines or Providers of the embedded store
   describe   show one object with its disks, conditions and events
   inventory  list the VMs a provider sees (or print manifests adopting them)
+  manager    the controllers against a Kubernetes cluster (leader election, probes)
   version    print the version
 """
 
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from manager.kube.cli import add_parser as add_manager_parser
+from manager.kube.cli import run as run_manager
 from virtrigaud import __version__, errors
 from virtrigaud import logging as vlog
 
@@ -178,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _provider_parser(sub)
     _one_machine_parsers(sub)
+    add_manager_parser(sub)
     sub.add_parser("version", help="print the version")
     return parser
 
@@ -188,6 +192,7 @@ COMMANDS = {
     "get": _get,
     "describe": _describe,
     "inventory": _inventory,
+    "manager": run_manager,
 }
 
 

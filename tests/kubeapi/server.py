@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import copy
 import json
 import re
 import secrets
+import socket
 import sys
 import threading
 import time
@@ -677,6 +679,19 @@ class KubeAPIServer(ThreadingHTTPServer):
         self.requests: deque[str] = deque(maxlen=5000)
         self.watches_served = 0
         self._thread: threading.Thread | None = None
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, address = super().get_request()
+        with self._conns_lock:
+            self._conns.add(conn)
+        return conn, address
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._conns_lock:
+            self._conns.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client closing its watch mid-stream is normal, not worth a traceback."""
@@ -695,9 +710,16 @@ class KubeAPIServer(ThreadingHTTPServer):
         return self
 
     def stop(self) -> None:
+        """Stop serving and drop every open connection (keep-alive ones too), as a
+        server that went away would."""
         self.state.close()
         self.shutdown()
         self.server_close()
+        with self._conns_lock:
+            conns = list(self._conns)
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
         if self._thread is not None:
             self._thread.join(10)
 
