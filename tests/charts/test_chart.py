@@ -49,7 +49,8 @@ LEASE_VERBS = ("create", "get", "update")  # leader election
 OWNED_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 
 
-def required_manager_rules() -> set[Rule]:
+def required_manager_rules(*, deploy: bool = True) -> set[Rule]:
+    """What the manager needs; ``deploy``: it also runs the provider Deployments."""
     rules: set[Rule] = set()
     for verbs in STORE_VERBS.values():
         for verb in verbs:
@@ -60,6 +61,8 @@ def required_manager_rules() -> set[Rule]:
                     rules.add((CRD_GROUP, plural, verb))
     rules |= {("", "events", verb) for verb in EVENT_VERBS}
     rules |= {("", "secrets", verb) for verb in SECRET_VERBS}
+    if not deploy:
+        return rules
     # provider Deployments/Services, owned by their Provider (blockOwnerDeletion needs
     # update on the owner's finalizers subresource)
     for obj in provider_resources(PROVIDER):
@@ -120,6 +123,7 @@ OVERRIDES: dict[str, Any] = {
     "metrics": {"enabled": False},
     "leaderElection": {"leaseName": "my-lease"},
     "extraArgs": ["--something=1"],
+    "providers": {"image": "mirror.example.com/virtrigaud/provider:1.2.3"},
     "podLabels": {"team": "virt"},
     "nodeSelector": {"kubernetes.io/os": "linux"},
     "resources": {"requests": {"cpu": "1"}, "limits": {"memory": "2Gi"}},
@@ -357,6 +361,20 @@ def test_overridden_deployment(overridden: Rendered) -> None:
     for flag, file in (("cert", "tls.crt"), ("key", "tls.key"), ("ca", "ca.crt")):
         assert f"--provider-tls-{flag}={mount['mountPath']}/{file}" in args
     assert "--provider-tls-server-name=providers.local" in args
+    assert "--provider-image=mirror.example.com/virtrigaud/provider:1.2.3" in args
+    assert "--no-provider-deployments" not in args
+
+
+def test_without_provider_deployments_no_rights_on_them() -> None:
+    rendered = template(values={"providers": {"deploy": False}})
+    args = manager_container(rendered)["args"]
+    assert "--no-provider-deployments" in args
+    if subcommand_parser("manager") is not None:
+        build_parser().parse_args(args)
+    rules = granted(rendered.one("ClusterRole", "vr-virtrigaud-manager"))
+    assert required_manager_rules(deploy=False) <= rules
+    resources = {resource for _, resource, _ in rules}
+    assert not resources & {"deployments", "services", "providers/finalizers"}
 
 
 def test_rbac_disabled_and_metrics_disabled() -> None:

@@ -46,7 +46,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{/*
 The manager's rules on the objects it reconciles, in the namespaces it watches: the
 VMMigration rules of the API reference's RBAC section, the same for VirtualMachines and
-Providers, the Deployments and Services of the provider servers it runs, and Events.
+Providers, Events, and (providers.deploy) the Deployments and Services of the provider
+servers it runs.
 */}}
 {{- define "virtrigaud.managerRules" -}}
 - apiGroups: ["infra.virtrigaud.io"]
@@ -55,20 +56,22 @@ Providers, the Deployments and Services of the provider servers it runs, and Eve
 - apiGroups: ["infra.virtrigaud.io"]
   resources: ["vmmigrations/status", "virtualmachines/status", "providers/status"]
   verbs: ["get", "update", "patch"]
-# owner references with blockOwnerDeletion on the provider Deployments/Services
-- apiGroups: ["infra.virtrigaud.io"]
-  resources: ["providers/finalizers"]
-  verbs: ["update"]
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get", "list"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["get", "list", "create", "update", "patch"]
+{{- if .Values.providers.deploy }}
+# owner references with blockOwnerDeletion on the provider Deployments/Services
+- apiGroups: ["infra.virtrigaud.io"]
+  resources: ["providers/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
   verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+{{- end }}
 {{- end -}}
