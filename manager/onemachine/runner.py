@@ -28,6 +28,7 @@ from manager.onemachine.views import get_table
 from manager.store.base import Obj, ObjectKey, ObjectStore
 from manager.store.objects import now_text
 from manager.store.sqlite import SQLiteStore
+from virtrigaud import errors
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -135,7 +136,7 @@ def _wait(
         progress.update(found, vms)
         verdict = settled(store, found, vms, failed, started)
         if verdict is not None:
-            _summary(config, found or vms)
+            _summary(config, found or vms, store)
             return verdict
         if deadline is not None and time.monotonic() > deadline:
             _say(config, f"timed out after {config.timeout:.0f}s")
@@ -145,9 +146,20 @@ def _wait(
     return EXIT_INTERRUPTED
 
 
-def _summary(config: RunConfig, objs: Sequence[Obj]) -> None:
-    if objs:
-        _say(config, get_table(objs[0]["kind"], objs, all_namespaces=True))
+def _summary(config: RunConfig, objs: Sequence[Obj], store: ObjectStore | None = None) -> None:
+    if not objs:
+        return
+    _say(config, get_table(objs[0]["kind"], objs, all_namespaces=True))
+    if store is None or objs[0]["kind"] != "VMMigration":
+        return
+    for migration in objs:
+        spec = migration.get("spec") or {}
+        namespace = spec.get("targetNamespace") or spec.get("sourceNamespace") or "default"
+        try:
+            target: Obj | None = store.get("VirtualMachine", namespace, spec.get("targetName", ""))
+        except errors.NotFound:
+            target = None
+        _say(config, "\n".join(Progress.summary(migration, target)))
 
 
 def _current(obj: Obj) -> bool:

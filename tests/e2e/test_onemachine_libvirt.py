@@ -188,6 +188,10 @@ def test_running_two_disk_vm_moves_through_s3(
     out, err = proc.communicate(timeout=1200)
     assert proc.returncode == 0, f"{out}\n{err}"
     migration = _assert_migrated(env, source, tmp_path)
+    # The closing summary: bytes, each disk's checksum and where it went, the target VM.
+    target_id = migration["status"]["disks"][0]["importedDiskId"]
+    assert "transferred " in out and f"-> {target_id}" in out
+    assert f"target VM   VirtualMachine/default/{env.name('moved')} (id " in out
     cleaned = {c["type"]: c for c in migration["status"]["conditions"]}["CleanedUp"]
     assert cleaned["status"] == "True", cleaned
     assert list(seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", [])) == []

@@ -49,8 +49,9 @@ def test_tty_redraws_in_place() -> None:
     progress.update([moving(0, 0)], [])
     progress.update([moving(GiB, 10)], [])
     text = out.getvalue()
-    assert text.count("\x1b[1F") == 1  # moved up over the one line drawn before
-    assert text.count("\x1b[2K") == 2
+    # one line for the migration and one per disk, redrawn over the three drawn before
+    assert text.count("\x1b[3F") == 1
+    assert text.count("\x1b[2K") == 6
 
 
 def test_plain_output_prints_transitions_only() -> None:
@@ -73,3 +74,36 @@ def test_plain_output_prints_transitions_only() -> None:
         "Ready 100%",
     ]
     assert all("vmmigration/web-move (default)" in line for line in lines)
+
+
+def test_disk_lines_have_their_own_bar_bytes_rate_and_eta() -> None:
+    progress = Progress(io.StringIO(), tty=True)
+
+    def obj(vda_done: int) -> dict[str, Any]:
+        made = moving(vda_done, 10)
+        made["status"]["disks"][0].update(phase="Exporting", bytesTransferred=vda_done)
+        made["status"]["disks"][1].update(
+            phase="Importing", bytesTransferred=2 * GiB, message="import converting (40%)"
+        )
+        return made
+
+    progress.disk_lines(obj(GiB), now=50.0)
+    vda, vdb = progress.disk_lines(obj(2 * GiB), now=60.0)  # vda: 1 GiB in 10 s
+    assert "disk vda" in vda and "Exporting" in vda
+    assert "[#####...............]  25%" in vda and "2.0GiB/8.0GiB" in vda
+    assert "102.4MiB/s" in vda and "ETA 1m00s" in vda
+    assert "disk vdb" in vdb and "100%" in vdb and "import converting (40%)" in vdb
+
+
+def test_summary_names_time_bytes_checksums_and_the_target() -> None:
+    done = moving(3 * GiB, 100, phase="Ready")
+    done["status"].update(startTime="2026-11-26T10:00:00Z", completionTime="2026-11-26T10:02:05Z")
+    done["status"]["disks"][0].update(contentChecksum="sha256:" + "ab" * 32, importedDiskId="p/a")
+    target = factory.vm("web-new")
+    target["status"] = {"id": "uuid-1"}
+    lines = Progress.summary(done, target)
+    assert lines[0] == "default/web-move: Ready"
+    assert "  time        2m05s" in lines
+    assert "  transferred 3.0GiB (3221225472 bytes)" in lines
+    assert f"  disk vda: sha256:{'ab' * 32} -> p/a" in lines
+    assert "  target VM   VirtualMachine/default/web-new (id uuid-1)" in lines
