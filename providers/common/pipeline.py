@@ -477,7 +477,7 @@ def _output_bound(layout: DataLayout, target: str, subformat: str | None) -> int
 
 
 def _digest_job(
-    layout: DataLayout, scratch: Scratch, force_share: bool
+    layout: DataLayout, scratch: Scratch, force_share: bool, threads: int = 1
 ) -> Callable[[CancelToken], str]:
     def job(token: CancelToken) -> str:
         remaining = None if scratch.limit is None else max(scratch.limit - scratch.reserved, 0)
@@ -487,6 +487,7 @@ def _digest_job(
             scratch_dir=scratch.path,
             scratch_limit=remaining,
             force_share=force_share,
+            threads=threads,
         )
 
     return job
@@ -684,8 +685,9 @@ def _convert_and_verify(
     source = digest.data_layout(received, req.src_format)
     with _Background(ctx.cancel) as background:
         if from_stream is None and source.direct:
-            # qemu-img converts on one core; the object's digest takes the other.
-            background.start(_digest_job(source, scratch, False))
+            # qemu-img converts on one core: the object's digest gets the rest (nothing
+            # else runs now; a second thread picks up what qemu-img leaves idle).
+            background.start(_digest_job(source, scratch, False, _VERIFY_THREADS))
         ctx.stage(STAGE_CONVERTING)
         qemu_img.convert(
             received,
