@@ -33,7 +33,7 @@ lint: install
 test: system-deps install
 	scripts/run-tests.sh
 
-## demo: migrate a running two-disk libvirt VM to another pool through local S3, verified
+## demo: migrate a running two-disk vSphere (vcsim) VM to libvirt/KVM through local S3, verified
 demo: system-deps install
 	$(BIN)/python scripts/demo.py
 

@@ -1,122 +1,70 @@
-"""The demo behind `make demo`: a running two-disk libvirt VM migrated to another
-libvirt storage pool through S3, with everything real and local.
+"""The demo behind `make demo`: a running two-disk VMware vSphere VM migrated to
+libvirt/KVM through S3, with everything real and local.
 
-1. starts libvirtd + QEMU (TCG) and SeaweedFS (S3) on loopback, with a throwaway
-   storage pool pair and an isolated network;
-2. creates a source VM with two disks holding data and starts it;
-3. writes Provider / Secret / VirtualMachine / VMMigration manifests and runs
-   `virtrigaud run -f DIR` (one-machine mode: embedded store, providers started as
-   local processes, live progress);
+1. starts the vSphere API simulator (vcsim, built once from Debian's govmomi source
+   into .cache/vcsim), libvirtd + QEMU (TCG) and SeaweedFS (S3) on loopback, with a
+   throwaway libvirt storage pool pair and an isolated network;
+2. puts two disks holding data on the vSphere datastore and creates and starts a VM
+   with them (the source);
+3. fills in `examples/demo/vsphere-to-libvirt.yaml` (Secrets, Providers, the source
+   VirtualMachine adopted by id, the VMMigration) and runs `virtrigaud run -f DIR`
+   (one-machine mode: embedded store, provider processes, live progress per disk,
+   a closing summary);
 4. prints `virtrigaud describe vmmigration`, then proves the result: the target VM
-   exists, each of its disks equals the source disk (qemu-img compare and content
-   digest), and it powers on;
-5. removes everything it created (VMs, volumes, pools, network, servers).
+   exists on libvirt, each of its disks holds exactly the source disk's data (content
+   digest of the guest-visible bytes), nothing is left in the bucket, and the VM
+   powers on;
+5. removes everything it created (VMs, disks, pools, network, servers).
 
-The cross-hypervisor demo (vSphere -> libvirt) of issue #8 needs the vSphere provider,
-which does not exist yet.
+Run it again at will: nothing is reinstalled and no state is kept between runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
+import string
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from providers.common import digest, qemu_img  # noqa: E402
-from providers.libvirt import domxml, volxml  # noqa: E402
+from manager.store.sqlite import SQLiteStore  # noqa: E402
+from providers.common import digest  # noqa: E402
+from providers.libvirt import domxml  # noqa: E402
+from tests.providers.vsphere.helpers import lab  # noqa: E402
 from tests.servers.libvirtd import create_env, start_libvirtd  # noqa: E402
 from tests.servers.seaweedfs import start_seaweedfs  # noqa: E402
+from tests.servers.vcsim import start_vcsim  # noqa: E402
 
 MiB = 1 << 20
-API = "infra.virtrigaud.io/v1beta1"
+TEMPLATE = REPO / "examples" / "demo" / "vsphere-to-libvirt.yaml"
+MIGRATION = "web-01-to-kvm"
 
 
 def say(text: str) -> None:
     print(f"\n==> {text}", flush=True)
 
 
-def make_source(conn: Any, env: Any) -> tuple[str, list[tuple[str, str]]]:
-    pool = conn.storagePoolLookupByName(env.pool)
-    disks = []
-    for name, fmt, size in (("root.qcow2", "qcow2", 256 * MiB), ("data.img", "raw", 128 * MiB)):
-        path = str(pool.createXML(volxml.build_volume(env.name(name), size, fmt), 0).path())
-        for i, offset in enumerate(range(0, size, size // 4)):
-            subprocess.run(
-                ["qemu-io", "-f", fmt, "-c", f"write -P {0x40 + i} {offset} {16 * MiB}", path],
-                check=True,
-                capture_output=True,
-            )
-        disks.append((path, fmt))
-    plan = domxml.DomainPlan(
-        name=env.name("web-01"),
-        vcpus=1,
-        memory_mib=64,
-        virt_type="qemu",
-        disks=[
-            domxml.DiskPlan(disks[0][0], "qcow2", "virtio", "vda", boot_order=1),
-            domxml.DiskPlan(disks[1][0], "raw", "virtio", "vdb"),
-        ],
-        nics=[domxml.NicPlan("network", env.network, "52:54:00:de:00:01")],
-    )
-    dom = conn.defineXML(domxml.build_domain(plan))
-    dom.create()
-    return dom.UUIDString(), disks
+def disk_bytes(size: int, runs: list[tuple[int, int]]) -> bytes:
+    """``size`` bytes: random data in each (offset, length) run, zeros elsewhere."""
+    data = bytearray(size)
+    for offset, length in runs:
+        data[offset : offset + length] = os.urandom(length)
+    return bytes(data)
 
 
-def manifests(env: Any, s3: Any, bucket: str, vm_uuid: str) -> list[dict[str, Any]]:
-    def provider(name: str, pool: str) -> dict[str, Any]:
-        return {
-            "apiVersion": API,
-            "kind": "Provider",
-            "metadata": {"name": name, "namespace": "default"},
-            "spec": {"type": "libvirt", "endpoint": env.uri, "defaults": {"storagePool": pool}},
-        }
-
-    return [
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "s3-credentials", "namespace": "default"},
-            "stringData": {"accessKey": s3.access_key, "secretKey": s3.secret_key},
-        },
-        provider("kvm-old", env.pool),
-        provider("kvm-new", env.pool2),
-        {
-            "apiVersion": API,
-            "kind": "VirtualMachine",
-            "metadata": {"name": "web-01", "namespace": "default"},
-            "spec": {"providerRef": {"name": "kvm-old"}, "vmId": vm_uuid},
-        },
-        {
-            "apiVersion": API,
-            "kind": "VMMigration",
-            "metadata": {"name": "move-web-01", "namespace": "default"},
-            "spec": {
-                "sourceName": "web-01",
-                "sourceNamespace": "default",
-                "targetProviderRef": {"name": "kvm-new", "namespace": "default"},
-                "targetName": env.name("web-01-new"),
-                "targetStorageHint": env.pool2,
-                "targetNetworkHints": [{"name": "eth0", "network": env.network}],
-                "storage": {
-                    "type": "s3",
-                    "bucket": bucket,
-                    "region": "us-east-1",
-                    "endpoint": s3.endpoint,
-                    "credentialsSecretRef": {"name": "s3-credentials", "namespace": "default"},
-                },
-            },
-        },
-    ]
+def render(values: dict[str, str]) -> str:
+    text = TEMPLATE.read_text()
+    return string.Template(text).substitute(values)
 
 
 def virtrigaud(*args: str) -> int:
@@ -126,67 +74,116 @@ def virtrigaud(*args: str) -> int:
     ).returncode
 
 
-def verify(env: Any, conn: Any, store_path: Path, source_disks: list[tuple[str, str]]) -> None:
-    from manager.store.sqlite import SQLiteStore
-
+def verify(conn: Any, store_path: Path, target_name: str, want: list[str]) -> None:
     with SQLiteStore(store_path) as store:
-        target = store.get("VirtualMachine", "default", env.name("web-01-new"))
+        target = store.get("VirtualMachine", "default", target_name)
     dom = conn.lookupByUUIDString(target["status"]["id"])
     disks = [d for d in domxml.parse_domain(dom.XMLDesc(0)).disks if d.device == "disk"]
-    for (src, src_fmt), disk in zip(source_disks, disks, strict=True):
-        same = qemu_img.compare(
-            src, disk.path, a_format=src_fmt, b_format=disk.format, force_share=True
-        )
-        want = digest.content_digest(src, src_fmt, force_share=True)
+    if len(disks) != len(want):
+        raise SystemExit(f"demo: the target VM has {len(disks)} disks, expected {len(want)}")
+    for index, (disk, expected) in enumerate(zip(disks, want, strict=True)):
         got = digest.content_digest(disk.path, disk.format, force_share=True)
-        print(
-            f"  {Path(src).name:>24} -> {disk.path}  identical={same}  "
-            f"content sha256 {got[:16]}... {'==' if got == want else '!='} source"
-        )
-        if not same or got != want:
-            raise SystemExit("demo: the target disk differs from the source")
+        verdict = "==" if got == expected else "!="
+        print(f"  disk {index}: {disk.path} ({disk.format})")
+        print(f"          content sha256 {got[:24]}... {verdict} source {expected[:24]}...")
+        if got != expected:
+            raise SystemExit("demo: a target disk differs from the source")
     dom.create()
     print(f"  target VM {dom.name()} powered on: running={bool(dom.isActive())}")
     if not dom.isActive():
         raise SystemExit("demo: the target VM did not start")
 
 
-def main() -> int:
-    work = Path(tempfile.mkdtemp(prefix="virtrigaud-demo-"))
-    say("starting libvirtd + QEMU and SeaweedFS (S3) on loopback")
-    daemon = start_libvirtd()
-    env = create_env(daemon.uri, daemon)
-    s3 = start_seaweedfs(work / "s3")
-    conn = env.connect()
+def _quietly(what: str, step: Callable[[], object]) -> None:
+    """Run a cleanup step; report a failure and go on, so no server outlives the demo."""
     try:
-        bucket = s3.create_bucket(f"demo-{secrets.token_hex(3)}")
-        say("creating the source VM (two disks with data) and starting it")
-        vm_uuid, disks = make_source(conn, env)
-        folder = work / "manifests"
-        folder.mkdir()
-        (folder / "demo.yaml").write_text(
-            yaml.safe_dump_all(manifests(env, s3, bucket, vm_uuid), sort_keys=False)
-        )
-        print(f"  manifests: {folder / 'demo.yaml'}")
-        say("virtrigaud run -f " + str(folder))
-        store = work / "state.db"
-        code = virtrigaud("run", "-f", str(folder), "--store", str(store), "--timeout", "900")
-        say("virtrigaud describe vmmigration move-web-01")
-        virtrigaud("describe", "vmmigration", "move-web-01", "--store", str(store))
-        if code != 0:
-            return code
-        say("proving the result")
-        verify(env, conn, store, disks)
-        left = s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0)
-        print(f"  objects left in the S3 bucket after cleanup: {left}")
-        say("demo finished: the VM was migrated and verified")
-        return 0
-    finally:
-        say("cleaning up")
-        conn.close()
-        env.destroy()
-        daemon.stop()
-        s3.close()
+        step()
+    except Exception as exc:
+        print(f"  cleanup: {what} failed: {exc}")
+
+
+def main() -> int:
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:  # undone in reverse, every step, even on errors
+        work = Path(tempfile.mkdtemp(prefix="virtrigaud-demo-"))
+        stack.callback(shutil.rmtree, work, ignore_errors=True)
+        stack.callback(say, "cleaning up")
+        say("starting vcsim (vSphere), libvirtd + QEMU and SeaweedFS (S3) on loopback")
+        vcsim = start_vcsim(work)  # builds .cache/vcsim the first time (~30 s)
+        stack.callback(_quietly, "stopping vcsim", vcsim.stop)
+        daemon = start_libvirtd()
+        stack.callback(_quietly, "stopping libvirtd", daemon.stop)
+        env = create_env(daemon.uri, daemon)
+        stack.callback(_quietly, "removing the libvirt pools and network", env.destroy)
+        s3 = start_seaweedfs(work / "s3")
+        stack.callback(_quietly, "stopping SeaweedFS", s3.close)
+        conn = env.connect()
+        stack.callback(_quietly, "closing the libvirt connection", conn.close)
+        vs = stack.enter_context(lab(vcsim))
+        code = migrate(work, vcsim, env, s3, conn, vs)
+        if code == 0:
+            say(f"demo finished in {time.monotonic() - started:.0f}s: migrated and verified")
+        return code
+    return 1  # pragma: no cover - the with block always returns
+
+
+def migrate(work: Path, vcsim: Any, env: Any, s3: Any, conn: Any, vs: Any) -> int:  # noqa: PLR0917
+    bucket = s3.create_bucket(f"demo-{secrets.token_hex(3)}")
+    say("creating the source VM on vSphere: two disks with data, powered on")
+    contents = [
+        disk_bytes(192 * MiB, [(0, 24 * MiB), (96 * MiB, 16 * MiB), (176 * MiB, 8 * MiB)]),
+        disk_bytes(64 * MiB, [(0, 8 * MiB), (40 * MiB, 8 * MiB)]),
+    ]
+    disks = [
+        (vs.put_disk(vs.name(f"web-01-disk{i}"), data), len(data))
+        for i, data in enumerate(contents)
+    ]
+    vm_id = vs.make_vm(vs.name("web-01"), disks, power_on=True, firmware="bios")
+    want = []
+    for (path, _), data in zip(disks, contents, strict=True):
+        flat = vs.root / path.split("] ", 1)[1].replace(".vmdk", "-flat.vmdk")
+        want.append(digest.content_digest(str(flat), "raw"))
+        print(f"  {path}: {len(data) // MiB} MiB, content sha256 {want[-1][:24]}...")
+    print(f"  source VM {vs.name('web-01')} (id {vm_id}) is running on {vcsim.url}")
+
+    target_name = env.name("web-01")
+    ca = "".join(f"    {line}\n" for line in Path(vcsim.ca_file).read_text().splitlines())
+    values = {
+        "VCENTER_USER": vcsim.username,
+        "VCENTER_PASSWORD": vcsim.password,
+        "VCENTER_CA": ca.rstrip("\n"),
+        "VCENTER_URL": vcsim.url,
+        "S3_ACCESS_KEY": s3.access_key,
+        "S3_SECRET_KEY": s3.secret_key,
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT": s3.endpoint,
+        "LIBVIRT_URI": env.uri,
+        "LIBVIRT_POOL": env.pool2,
+        "LIBVIRT_NETWORK": env.network,
+        "SOURCE_VM_ID": vm_id,
+        "TARGET_NAME": target_name,
+    }
+    folder = work / "manifests"
+    folder.mkdir()
+    (folder / TEMPLATE.name).write_text(render(values))
+    print(f"  manifests: {folder / TEMPLATE.name} (from {TEMPLATE.relative_to(REPO)})")
+
+    say(f"virtrigaud run -f {folder}")
+    store = work / "state.db"
+    code = virtrigaud("run", "-f", str(folder), "--store", str(store), "--timeout", "600")
+    say(f"virtrigaud describe vmmigration {MIGRATION}")
+    virtrigaud("describe", "vmmigration", MIGRATION, "--store", str(store))
+    if code != 0:
+        return code
+    say("proving the result on libvirt")
+    verify(conn, store, target_name, want)
+    left = s3.client().list_objects_v2(Bucket=bucket).get("KeyCount", 0)
+    print(f"  objects left in the S3 bucket after cleanup: {left}")
+    snapshots = vs.prop(vm_id, "snapshot")
+    print(f"  migration snapshots left on the source: {0 if not snapshots else 'some'}")
+    if left or snapshots:
+        raise SystemExit("demo: cleanup left something behind")
+    return 0
 
 
 if __name__ == "__main__":
