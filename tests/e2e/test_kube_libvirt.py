@@ -37,6 +37,7 @@ from tests.kubeapi.server import KubeAPIServer
 from tests.servers.libvirtd import LibvirtEnv, remove_domain, session_env
 from tests.servers.net import free_port
 from tests.servers.seaweedfs import SeaweedFS
+from tests.support import venv_tool
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
@@ -302,8 +303,27 @@ def test_leader_killed_mid_migration_standby_finishes_it(
         )
         target = store.get("VirtualMachine", "default", env.name("moved-k8s"))
         store.close()
+        server.token = None  # kubectl sends no bearer token over plain HTTP
+        described = subprocess.run(
+            [
+                venv_tool("kubectl"),
+                "--kubeconfig",
+                str(kubeconfig),
+                "describe",
+                "vmmigration",
+                "move-app",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            env={**os.environ, "KUBECONFIG": ""},
+        )
 
     assert phase_at_kill != "Ready"
+    assert described.returncode == 0, described.stderr
+    assert "Phase:" in described.stdout and "Ready" in described.stdout
+    assert "MigrationCompleted" in described.stdout[described.stdout.index("Events:") :]
     assert lease is not None and lease.spec.lease_transitions >= 1
     assert standby.process.returncode == 0  # stopped cleanly by SIGTERM
     status = migration["status"]

@@ -528,6 +528,77 @@ def parse_target(path: str) -> Target:
     return Target(res, namespace if res.namespaced else None, name, sub)
 
 
+_VERBS = ["create", "delete", "get", "list", "patch", "update", "watch"]
+
+
+def _resource_list(group: str, version: str) -> Obj | None:
+    found = [r for r in RESOURCES if (r.group, r.version) == (group, version)]
+    if not found:
+        return None
+    items: list[Obj] = []
+    for res in found:
+        base = {"namespaced": res.namespaced, "kind": res.kind}
+        items.append(
+            {**base, "name": res.plural, "singularName": res.kind.lower(), "verbs": _VERBS}
+        )
+        if res.status_subresource:
+            items.append(
+                {
+                    **base,
+                    "name": f"{res.plural}/status",
+                    "singularName": "",
+                    "verbs": ["get", "patch", "update"],
+                }
+            )
+    return {
+        "kind": "APIResourceList",
+        "apiVersion": "v1",
+        "groupVersion": found[0].api_version,
+        "resources": items,
+    }
+
+
+def discovery(path: str, url: str) -> Obj | None:
+    """The discovery documents kubectl reads first (None: not a discovery path)."""
+    path = path.rstrip("/")
+    if path == "/version":
+        return {"major": "1", "minor": "30", "gitVersion": "v1.30.0-virtrigaud-emulator"}
+    if path == "/api":
+        return {
+            "kind": "APIVersions",
+            "versions": ["v1"],
+            "serverAddressByClientCIDRs": [
+                {"clientCIDR": "0.0.0.0/0", "serverAddress": url.removeprefix("http://")}
+            ],
+        }
+    if path == "/apis":
+        groups: dict[str, list[str]] = {}
+        for res in RESOURCES:
+            if res.group and res.version not in groups.setdefault(res.group, []):
+                groups[res.group].append(res.version)
+        return {
+            "kind": "APIGroupList",
+            "apiVersion": "v1",
+            "groups": [
+                {
+                    "name": name,
+                    "versions": [{"groupVersion": f"{name}/{v}", "version": v} for v in versions],
+                    "preferredVersion": {
+                        "groupVersion": f"{name}/{versions[0]}",
+                        "version": versions[0],
+                    },
+                }
+                for name, versions in groups.items()
+            ],
+        }
+    if path == "/api/v1":
+        return _resource_list("", "v1")
+    parts = path.split("/")
+    if len(parts) == 4 and parts[1] == "apis":
+        return _resource_list(parts[2], parts[3])
+    return None
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: KubeAPIServer
@@ -580,6 +651,10 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+                return
+            found = discovery(url.path, self.server.url) if verb == "GET" else None
+            if found is not None:
+                self._reply(200, found)
                 return
             target = parse_target(url.path)
             self._dispatch(verb, target, query, body)

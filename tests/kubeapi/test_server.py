@@ -347,3 +347,16 @@ def test_history_overflow_expires_old_versions(api: client.ApiClient) -> None:
         _preload_content=False,
     )
     assert json.loads(raw.data.splitlines()[0])["object"]["code"] == 410
+
+
+def test_discovery_lists_groups_and_resources(api: client.ApiClient) -> None:
+    groups = client.ApisApi(api).get_api_versions()
+    names = {g.name: g.preferred_version.group_version for g in groups.groups}
+    assert names[G] == f"{G}/{V}" and names["coordination.k8s.io"] == "coordination.k8s.io/v1"
+    assert client.CoreApi(api).get_api_versions().versions == ["v1"]
+    ours = client.CustomObjectsApi(api).get_api_resources(G, V)
+    by_name = {r.name: r for r in ours.resources}
+    assert by_name["vmmigrations"].kind == "VMMigration" and by_name["vmmigrations"].namespaced
+    assert "watch" in by_name["providers"].verbs and "providers/status" in by_name
+    core = {r.name for r in client.CoreV1Api(api).get_api_resources().resources}
+    assert {"secrets", "events", "namespaces"} <= core
