@@ -303,6 +303,7 @@ def test_leader_killed_mid_migration_standby_finishes_it(
         )
         target = store.get("VirtualMachine", "default", env.name("moved-k8s"))
         store.close()
+        pruned = list(server.state.crds.pruned)
         server.token = None  # kubectl sends no bearer token over plain HTTP
         described = subprocess.run(
             [
@@ -321,6 +322,7 @@ def test_leader_killed_mid_migration_standby_finishes_it(
         )
 
     assert phase_at_kill != "Ready"
+    assert pruned == []  # nothing written that a cluster with our CRDs would drop
     assert described.returncode == 0, described.stderr
     assert "Phase:" in described.stdout and "Ready" in described.stdout
     assert "MigrationCompleted" in described.stdout[described.stdout.index("Events:") :]

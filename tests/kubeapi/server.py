@@ -52,6 +52,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.kubeapi.crds import CRDs
 from tests.kubeapi.selectors import SelectorError, field_selector, label_selector
 
 Obj = dict[str, Any]
@@ -171,6 +172,7 @@ class State:
         self.history: deque[Change] = deque(maxlen=history)
         self.compacted = 0  # changes up to this resourceVersion are gone
         self.closed = False
+        self.crds = CRDs()
         for name in ("default", "kube-system"):
             self._put_namespace(name)
 
@@ -287,8 +289,27 @@ class State:
             meta["creationTimestamp"] = now_text()
             if res.generation:
                 meta["generation"] = 1
+            obj = self._admit(res, obj)
             self._record(res, "ADDED", obj)
             return copy.deepcopy(obj)
+
+    def _admit(self, res: Resource, obj: Obj) -> Obj:
+        """Prune, default and validate a custom resource against its CRD (422 if bad)."""
+        admitted, problems = self.crds.admit(obj)
+        if problems:
+            name = obj["metadata"].get("name")
+            text = "; ".join(f"{field}: Invalid value: {reason}" for field, reason in problems)
+            causes = [
+                {"reason": "FieldValueInvalid", "message": reason, "field": field}
+                for field, reason in problems
+            ]
+            raise APIError(
+                422,
+                "Invalid",
+                f'{res.kind}.{res.group} "{name}" is invalid: {text}',
+                {**_details(res, str(name)), "causes": causes},
+            )
+        return admitted
 
     def _check_preconditions(self, res: Resource, stored: Obj, meta: Obj) -> None:
         name = stored["metadata"]["name"]
@@ -341,6 +362,8 @@ class State:
                         new["status"] = copy.deepcopy(stored["status"])
                 if res.kind == "Secret":
                     _fold_secret(new)
+                new = self._admit(res, new)  # defaults first: they are no spec change
+                new_meta = new["metadata"]
                 if res.generation and _spec_part(new) != _spec_part(stored):
                     new_meta["generation"] = int(new_meta.get("generation") or 0) + 1
                 if stored["metadata"].get("deletionTimestamp"):
@@ -354,6 +377,8 @@ class State:
                             f"{res.kind} {name!r} is invalid: metadata.finalizers: Forbidden: "
                             f"no new finalizers can be added if the object is being deleted",
                         )
+            if sub == "status":
+                new = self._admit(res, new)
             return self._write(res, stored, new)
 
     def _write(self, res: Resource, stored: Obj, new: Obj) -> Obj:

@@ -360,3 +360,43 @@ def test_discovery_lists_groups_and_resources(api: client.ApiClient) -> None:
     assert "watch" in by_name["providers"].verbs and "providers/status" in by_name
     core = {r.name for r in client.CoreV1Api(api).get_api_resources().resources}
     assert {"secrets", "events", "namespaces"} <= core
+
+
+def test_custom_resources_are_pruned_defaulted_and_validated_by_their_crd(
+    api: client.ApiClient, server: KubeAPIServer
+) -> None:
+    custom = client.CustomObjectsApi(api)
+    manifest = _provider()
+    manifest["spec"]["unknownField"] = "dropped"
+    created = custom.create_namespaced_custom_object(G, V, "default", "providers", manifest)
+    assert "unknownField" not in created["spec"]
+    assert server.state.crds.pruned == ["Provider/default/lv: spec.unknownField"]
+    migration = {
+        "apiVersion": f"{G}/{V}",
+        "kind": "VMMigration",
+        "metadata": {"name": "m"},
+        "spec": {
+            "sourceName": "vm",
+            "sourceNamespace": "default",
+            "targetName": "vm-moved",
+            "targetProviderRef": {"name": "lv"},
+            "storage": {"type": "nfs", "path": "/srv"},
+        },
+    }
+    stored = custom.create_namespaced_custom_object(G, V, "default", "vmmigrations", migration)
+    assert stored["spec"]["retryPolicy"]["maxAttempts"] == 3  # the CRD's default
+    again = custom.replace_namespaced_custom_object(G, V, "default", "vmmigrations", "m", stored)
+    assert again["metadata"]["generation"] == 1  # defaults are no spec change
+    bad = json.loads(json.dumps(created))
+    bad["spec"]["type"] = "hyperv"
+    with pytest.raises(ApiException) as caught:
+        custom.replace_namespaced_custom_object(G, V, "default", "providers", "lv", bad)
+    status = _status(caught.value)
+    assert caught.value.status == 422 and status["reason"] == "Invalid"
+    assert status["details"]["causes"][0]["field"] == "spec.type"
+    bad_status = {**created, "status": {"capabilities": {"diskFormats": ["floppy"]}}}
+    with pytest.raises(ApiException) as caught:
+        custom.replace_namespaced_custom_object_status(
+            G, V, "default", "providers", "lv", bad_status
+        )
+    assert caught.value.status == 422
