@@ -18,6 +18,9 @@ from kubernetes import client, config
 
 from virtrigaud import errors
 
+# Every controller keeps a watch stream per kind open (about 8) besides its workers'
+# requests; urllib3's default pool (5 x CPUs) would churn connections on a small node.
+CONNECTION_POOL = 32
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
@@ -47,6 +50,7 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
             namespace = SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
         except OSError:
             namespace = "default"
+        configuration.connection_pool_maxsize = CONNECTION_POOL
         return Cluster(client.ApiClient(configuration), namespace, "in-cluster")
     path = path.split(os.pathsep)[0] if path else str(Path.home() / ".kube" / "config")
     if not Path(path).exists():
@@ -69,4 +73,5 @@ def connect(kubeconfig: str | None = None, context: str | None = None) -> Cluste
         contexts, _ = config.list_kube_config_contexts(config_file=path)
         active = next((c for c in contexts if c.get("name") == context), active)
     namespace = str(((active or {}).get("context") or {}).get("namespace") or "default")
+    configuration.connection_pool_maxsize = CONNECTION_POOL
     return Cluster(client.ApiClient(configuration), namespace, path)
