@@ -8,7 +8,9 @@ for the provider pods: ``ProviderLauncher`` over the API writes their
 ``status.endpoint``, as the Deployment step would), SeaweedFS, the official Kubernetes
 client over HTTP, the manager CLI. The test checks the moved data (qemu-img compare
 and content digests), the status and core/v1 Events as the API shows them, the Lease
-hand-over, and the survivor's metrics.
+hand-over, the survivor's metrics, what a real ``kubectl describe`` shows, that nothing
+written would be pruned by the CRDs, and that deleting the finished VMMigration goes
+through its finalizer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pytest
 from kubernetes import client
 
 from manager.kube.store import KubeStore
+from manager.migration.model import FINALIZER
 from manager.onemachine.launcher import ProviderLauncher
 from providers.common import digest, qemu_img
 from providers.libvirt import domxml, volxml
@@ -38,6 +41,7 @@ from tests.servers.libvirtd import LibvirtEnv, remove_domain, session_env
 from tests.servers.net import free_port
 from tests.servers.seaweedfs import SeaweedFS
 from tests.support import venv_tool
+from virtrigaud import errors
 
 MiB = 1 << 20
 REPO = Path(__file__).resolve().parents[2]
@@ -235,6 +239,14 @@ def _holder(server: KubeAPIServer) -> str:
     return str(lease.spec.holder_identity or "") if lease is not None else ""
 
 
+def _gone(store: KubeStore) -> bool:
+    try:
+        store.get("VMMigration", "default", "move-app")
+    except errors.NotFound:
+        return True
+    return False
+
+
 def _settled(store: KubeStore) -> dict[str, Any] | None:
     obj = store.get("VMMigration", "default", "move-app")
     status = obj.get("status") or {}
@@ -280,6 +292,22 @@ def test_leader_killed_mid_migration_standby_finishes_it(
                 leader.process.wait(30)
                 _until(lambda: _holder(server) == standby.identity, 60, "the take-over", replicas)
                 migration = _until(lambda: _settled(store), 900, "Ready + CleanedUp", replicas)
+                server.token = None  # kubectl sends no bearer token over plain HTTP
+                described = subprocess.run(
+                    [
+                        venv_tool("kubectl"),
+                        "--kubeconfig",
+                        str(kubeconfig),
+                        "describe",
+                        "vmmigration",
+                        "move-app",
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                    env={**os.environ, "KUBECONFIG": ""},
+                )
                 metrics = (
                     urllib.request.urlopen(
                         f"http://127.0.0.1:{standby.metrics}/metrics", timeout=10
@@ -287,6 +315,10 @@ def test_leader_killed_mid_migration_standby_finishes_it(
                     .read()
                     .decode()
                 )
+                # kubectl delete: the finalizer holds it until the manager lets it go.
+                assert FINALIZER in migration["metadata"]["finalizers"]
+                store.delete("VMMigration", "default", "move-app")
+                _until(lambda: _gone(store), 120, "the finalizer to let go", replicas)
             finally:
                 for replica in replicas:
                     if replica.process.poll() is None:
@@ -304,22 +336,6 @@ def test_leader_killed_mid_migration_standby_finishes_it(
         target = store.get("VirtualMachine", "default", env.name("moved-k8s"))
         store.close()
         pruned = list(server.state.crds.pruned)
-        server.token = None  # kubectl sends no bearer token over plain HTTP
-        described = subprocess.run(
-            [
-                venv_tool("kubectl"),
-                "--kubeconfig",
-                str(kubeconfig),
-                "describe",
-                "vmmigration",
-                "move-app",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            env={**os.environ, "KUBECONFIG": ""},
-        )
 
     assert phase_at_kill != "Ready"
     assert pruned == []  # nothing written that a cluster with our CRDs would drop
