@@ -347,3 +347,25 @@ def test_virtrigaud_manager_refuses_a_missing_kubeconfig(tmp_path: Path) -> None
     )
     assert done.returncode == 2
     assert "kubeconfig" in done.stderr and "does not exist" in done.stderr
+
+
+def test_a_manager_that_loses_its_lease_stops_its_controllers_and_exits_1(
+    tmp_path: Path,
+) -> None:
+    with running(token="t") as server:
+        kubeconfig = str(write_kubeconfig(server, tmp_path / "config"))
+        app = ManagerApp(_options("doomed"), connect(kubeconfig))
+        stop = threading.Event()
+        codes: list[int] = []
+        thread = threading.Thread(target=lambda: codes.append(app.run(stop)), daemon=True)
+        thread.start()
+        _until(app.leading.is_set, what="leadership")
+        coordination = client.CoordinationV1Api(api_client(server))
+        lease = coordination.read_namespaced_lease("virtrigaud-manager", "default")
+        lease.spec.holder_identity = "usurper"
+        lease.spec.lease_duration_seconds = 3600
+        coordination.replace_namespaced_lease("virtrigaud-manager", "default", lease)
+        thread.join(60)
+        assert codes == [1]
+        assert not app.leading.is_set() and app.manager is None and app.lost.is_set()
+        assert _lease_holder(server) == "usurper"
