@@ -215,9 +215,11 @@ def _migrate(workdir: Path, manifests: list[Any]) -> dict[str, Any]:
     return migration
 
 
-def _assert_finished(migration: dict[str, Any], formats: list[tuple[str, str]]) -> None:
+def _assert_finished(
+    migration: dict[str, Any], formats: list[tuple[str, str]], converted_reason: str
+) -> None:
     """Ready at 100 %, both checksums of every disk, the formats (source -> target),
-    the Converted condition and the events of a whole migration."""
+    the Converted condition, cleanup and the events of a whole migration."""
     status = migration["status"]
     assert status["phase"] == "Ready", status
     assert status["progress"] == 100
@@ -233,7 +235,10 @@ def _assert_finished(migration: dict[str, Any], formats: list[tuple[str, str]]) 
     for kind in ("Validated", "Snapshotted", "Exported", "Transferred", "Imported", "Created"):
         assert conditions[kind]["status"] == "True", conditions[kind]
     converted = conditions["Converted"]
-    assert converted["status"] == "True", converted
+    assert (converted["status"], converted["reason"]) == ("True", converted_reason), converted
+    cleaned = conditions["CleanedUp"]
+    assert cleaned["status"] == "True", cleaned
+    assert f"snapshot {status['snapshotId']}" in cleaned["message"]
     for src, dst in {pair for pair in formats if pair[0] != pair[1]}:
         assert f"{src} -> {dst}" in converted["message"], converted
     reasons = {reason for reason, _ in migration["events"]}
@@ -275,7 +280,7 @@ def test_scenario_1_libvirt_to_vsphere_through_s3(
         migration = _migrate(tmp_path, manifests)
     finally:
         disks = _adopt_vsphere_target(vs, target)
-    _assert_finished(migration, [("qcow2", "vmdk"), ("raw", "vmdk")])
+    _assert_finished(migration, [("qcow2", "vmdk"), ("raw", "vmdk")], "ConvertedOnSource")
     assert _content(migration) == want
     # The VM exists in vcsim with two disks whose flat extents hold the guest data.
     assert migration["target"]["status"]["id"] == disks.moid
@@ -284,6 +289,15 @@ def test_scenario_1_libvirt_to_vsphere_through_s3(
     assert arrived == want
     sizes = [flat.stat().st_size for flat in disks.flats]
     assert sizes == [40 * MiB, 24 * MiB]
+    # Shape: the source's CPU and memory, its NIC's MAC on the mapped portgroup.
+    assert vs.prop(disks.moid, "config.hardware.numCPU") == 1
+    assert vs.prop(disks.moid, "config.hardware.memoryMB") == 64
+    devices = vs.prop(disks.moid, "config.hardware.device")
+    nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
+    assert [n.macAddress for n in nics] == [src.mac]
+    networks = vs.prop(disks.moid, "network") or []
+    names = [vs.client.properties(n, ["name"], "test")["name"] for n in networks]
+    assert names == [PORTGROUP]
     # Cleanup: nothing in the bucket, no migration snapshot on the still running source.
     assert seaweed.client().list_objects_v2(Bucket=bucket).get("Contents", []) == []
     conn = kvm.connect()
@@ -358,7 +372,7 @@ def test_scenario_2_vsphere_to_proxmox_through_nfs(vs: Lab, pve: PveEnv, tmp_pat
     ]
     try:
         migration = _migrate(tmp_path, manifests)
-        _assert_finished(migration, [("vmdk", "qcow2"), ("vmdk", "qcow2")])
+        _assert_finished(migration, [("vmdk", "qcow2"), ("vmdk", "qcow2")], "ConvertedOnSource")
         assert _content(migration) == want
         # The import volumes on the node's directory storage hold the source's content.
         volumes = [d["importedDiskId"] for d in migration["status"]["disks"]]
@@ -393,7 +407,13 @@ def test_scenario_2_vsphere_to_proxmox_through_nfs(vs: Lab, pve: PveEnv, tmp_pat
             for value in drives.values()
         )
         assert sorted(digest.content_digest(str(f), "qcow2") for f in vm_files) == sorted(want)
-        assert BRIDGE in made.config["net0"]
+        net0 = dict(p.split("=", 1) for p in made.config["net0"].split(","))
+        assert {k: v.lower() for k, v in net0.items()} == {
+            "vmxnet3": "00:50:56:3f:00:01",  # the source NIC's model and MAC
+            "bridge": BRIDGE,
+        }, made.config["net0"]
+        assert int(made.config["cores"]) * int(made.config.get("sockets", 1)) == 2
+        assert int(str(made.config["memory"]).removeprefix("current=")) == 256
     finally:
         _remove_pve_target(pve, target)
     # Nothing left in the directory storage, the node's or the provider's scratch,
@@ -470,7 +490,7 @@ def test_scenario_3_proxmox_to_libvirt_through_webdav(
             assert qemu_img_snapshots(path).strip() == "", path
     finally:
         pve.remove_vm(vm.vmid)
-    _assert_finished(migration, [("qcow2", "qcow2"), ("qcow2", "qcow2")])
+    _assert_finished(migration, [("qcow2", "qcow2"), ("qcow2", "qcow2")], "NoConversionNeeded")
     assert _content(migration) == want
     # The domain exists with two disks in the second pool holding the source's content.
     conn = kvm.connect()
