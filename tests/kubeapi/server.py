@@ -40,6 +40,7 @@ import json
 import re
 import secrets
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -49,6 +50,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -659,7 +661,8 @@ class Handler(BaseHTTPRequestHandler):
         token = self.server.token
         if token is None:
             return True
-        return self.headers.get("Authorization", "") == f"Bearer {token}"
+        scheme, _, given = self.headers.get("Authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and given == token
 
     # -- verbs --------------------------------------------------------------------------
 
@@ -771,8 +774,14 @@ class KubeAPIServer(ThreadingHTTPServer):
         token: str | None = None,
         history: int = 1000,
         max_watch_seconds: float = 300.0,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         super().__init__(("127.0.0.1", port), Handler)
+        self.tls = tls is not None
+        if tls is not None:  # (certificate, key): serve HTTPS, as a real API server does
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.socket = context.wrap_socket(self.socket, server_side=True)
         self.state = State(history)
         self.token = token
         self.max_watch_seconds = max_watch_seconds
@@ -802,7 +811,7 @@ class KubeAPIServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}"
 
     def start(self) -> KubeAPIServer:
         self._thread = threading.Thread(target=self.serve_forever, name="kubeapi", daemon=True)

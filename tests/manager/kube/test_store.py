@@ -22,6 +22,7 @@ from tests.kubeapi.fixtures import api_client, kube_store, running, write_kubeco
 from tests.kubeapi.server import RESOURCES, KubeAPIServer
 from tests.manager.store import factory
 from tests.servers.net import free_port
+from tests.support.certs import CertAuthority
 from virtrigaud import errors
 
 
@@ -188,24 +189,37 @@ def test_connect_reads_kubeconfig_and_its_namespace(tmp_path: Path) -> None:
         kubeconfig.connect(str(tmp_path / "broken"))
 
 
-def test_connect_in_cluster_uses_the_service_account(
+def test_connect_in_cluster_uses_the_service_account_over_tls(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from kubernetes.config import incluster_config
 
+    authority = CertAuthority(tmp_path)
+    pair = authority.issue("kubernetes", server=True)
     (tmp_path / "token").write_text("sa-token")
-    (tmp_path / "ca.crt").write_text("not checked until a request is made")
     (tmp_path / "namespace").write_text("virtrigaud-system\n")
     monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
-    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(authority.path))
     monkeypatch.setattr(kubeconfig, "SERVICE_ACCOUNT_NAMESPACE", tmp_path / "namespace")
     monkeypatch.delenv("KUBECONFIG", raising=False)
-    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "6443")
-    cluster = kubeconfig.connect()
-    assert cluster.source == "in-cluster" and cluster.namespace == "virtrigaud-system"
-    assert cluster.api.configuration.host == "https://127.0.0.1:6443"
-    assert cluster.api.configuration.api_key["BearerToken"] == "bearer sa-token"
+    with running(token="sa-token", tls=(pair.cert, pair.key)) as server:
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(server.server_address[1]))
+        cluster = kubeconfig.connect()
+        assert cluster.source == "in-cluster" and cluster.namespace == "virtrigaud-system"
+        assert cluster.api.configuration.host == server.url
+        store = KubeStore(cluster.api)
+        store.create(factory.provider())  # a real request: TLS verified, token accepted
+        assert [o["metadata"]["name"] for o in store.list("Provider")] == ["lv"]
+        store.close()
+        (tmp_path / "other").mkdir()
+        other = CertAuthority(tmp_path / "other")
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(other.path))
+        untrusted = KubeStore(kubeconfig.connect().api, timeout=5)
+        untrusted.api.configuration.retries = 0
+        with pytest.raises(errors.Unavailable, match="unreachable"):
+            untrusted.list("Provider")  # a server our CA did not sign is refused
+        untrusted.close()
     (tmp_path / "token").unlink()
     with pytest.raises(errors.FailedPrecondition, match="in-cluster"):
         kubeconfig.connect()
