@@ -279,3 +279,20 @@ def test_the_controller_runtime_reconciles_over_the_api(
         controller.stop(timeout=15)
     assert time.monotonic() - started < 15
     assert not any(t.is_alive() for t in controller._threads)
+
+
+def test_a_store_of_two_namespaces_watches_both_and_nothing_else(
+    env: tuple[KubeStore, KubeAPIServer],
+) -> None:
+    store, server = env
+    scoped = KubeStore(api_client(server), namespaces=["prod", "other"], watch_seconds=5)
+    stop = threading.Event()
+    thread, got = _collector(scoped.watch(("Provider",), stop), 2)
+    store.create(factory.provider("in-default", "default"))
+    store.create(factory.provider("in-prod", "prod"))
+    store.create(factory.provider("in-other", "other"))
+    thread.join(20)
+    stop.set()
+    assert sorted(e.key.name for e in got) == ["in-other", "in-prod"]
+    assert [o["metadata"]["name"] for o in scoped.list("Provider")] == ["in-other", "in-prod"]
+    scoped.close()
