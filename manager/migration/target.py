@@ -103,16 +103,27 @@ def _hint_for(
 
 
 def _plan(nic: pb.Nic, name: str, hint: NetworkHint | None, note: str | None) -> NicPlan:
+    """The source NIC's VLAN tag goes along only onto a bridge (a trunk where a per-NIC
+    tag selects the segment); a named network (a libvirt network, a vSphere portgroup)
+    is the segment itself, so a tag there is dropped -- and said in the note."""
     network = hint.network if hint else None
+    bridge = None if network or hint is None else hint.bridge
+    vlan = nic.vlan_id if bridge else 0
+    if nic.vlan_id and not bridge:
+        dropped = (
+            f"VLAN tag {nic.vlan_id} of source NIC {nic.id} not carried: network "
+            f"{network!r} selects the segment on the target"
+        )
+        note = f"{note}; {dropped}" if note else dropped
     return NicPlan(
         source_id=nic.id,
         source_network=nic.network,
         name=name,
         network=network,
-        bridge=None if network or hint is None else hint.bridge,
+        bridge=bridge,
         mac=nic.mac.lower() or None,
         model=nic.model,
-        vlan=nic.vlan_id,
+        vlan=vlan,
         note=note,
     )
 

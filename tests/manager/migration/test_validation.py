@@ -258,3 +258,20 @@ def test_hints_by_nic_name_and_unused_hints() -> None:
         "targetNetworkHints[1] (eth0) matches no source NIC; ignored",
         "targetNetworkHints[2] (x) matches no source NIC; ignored",
     ]
+
+
+def test_a_vlan_tag_goes_onto_a_bridge_but_not_onto_a_named_network() -> None:
+    from manager.api import NetworkHint
+    from manager.migration.target import map_nics
+
+    nics = list(vm(nics=(("net0", "vmbr0"), ("net1", "vmbr0"))).nics)
+    for nic in nics:
+        nic.vlan_id = 12
+    hints = [NetworkHint(name="net0", network="lan"), NetworkHint(name="net1", bridge="br0")]
+    to_network, to_bridge = map_nics(nics, hints, None)[0]
+    assert (to_network.network, to_network.vlan) == ("lan", 0)
+    assert to_network.note == (
+        "VLAN tag 12 of source NIC net0 not carried: network 'lan' selects the segment on "
+        "the target"
+    )
+    assert (to_bridge.bridge, to_bridge.vlan, to_bridge.note) == ("br0", 12, None)
