@@ -153,7 +153,7 @@ def _usable_cpus() -> int:
 # only work left at that point, so every core may take part).
 _VERIFY_THREADS = max(1, min(4, _usable_cpus()))
 _UPLOAD_READ = 4 * MIB  # bytes read from the file per piece of an upload
-_WRITE_BEHIND_CHUNKS = 4  # received chunks (4 MiB each by default) waiting to be written
+_WRITE_BEHIND_CHUNKS = 8  # received chunks (1 MiB each by default) waiting to be written
 
 
 class Sink(Protocol):
