@@ -1,6 +1,7 @@
 """Benchmark: our export/import pipeline vs the naive tool chain, against SeaweedFS S3.
 
     .venv/bin/python bench/transfer.py [--virtual-gib 2] [--data-percent 50] [--reps 3]
+    .venv/bin/python bench/transfer.py --quick      # 1 GiB, 2 reps: does it still run?
 
 Builds a qcow2 source of ``--virtual-gib`` GiB virtual size with ``--data-percent`` %
 of it allocated (incompressible data in alternating 1 MiB runs), starts a local
@@ -20,7 +21,10 @@ machine the client and the server share the cores, so CPU spent on one slows the
 other. "wire" is the object payload sent to / read from S3 (HTTP framing excluded);
 "scratch" is the disk space used for temporary files (allocated blocks for the naive
 temp file, the pipeline's peak scratch reservation for ours). Medians of ``--reps``
-runs; the machine's CPU count is printed with the table.
+runs; the machine's CPU count, tool versions and load average are printed with the
+table, then the median wall time of every stage (as the pipeline announces them through
+``on_stage``; "setup" is what comes before the first one) and every run's own ratio, so
+the spread is visible: on a shared machine one run proves little.
 """
 
 from __future__ import annotations
@@ -233,14 +237,34 @@ def _fmt_row(name: str, ours: dict[str, float], naive: dict[str, float]) -> str:
     )
 
 
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _environment() -> str:
+    """Versions and load: numbers from a busy or different machine are not comparable."""
+    qemu = subprocess.run(["qemu-img", "--version"], capture_output=True, text=True, check=False)
+    import boto3
+
+    return (
+        f"{qemu.stdout.splitlines()[0] if qemu.stdout else 'qemu-img ?'}, "
+        f"boto3 {boto3.__version__}, Python {sys.version.split()[0]}, load average {_load()}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--virtual-gib", type=int, default=2)
     parser.add_argument("--data-percent", type=int, default=50)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--format", default="vmdk", help="object format (export target)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 GiB virtual, 2 reps: a smoke run, not a result"
+    )
     parser.add_argument("--variant-json", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quick:
+        args.virtual_gib, args.reps = 1, 2
     if args.variant_json:
         print(json.dumps(run_variant(json.loads(args.variant_json))))
         return
@@ -255,7 +279,7 @@ def main() -> None:
         print(
             f"source: {args.virtual_gib} GiB virtual qcow2, {data / MiB:.0f} MiB allocated; "
             f"object format {args.format}; {args.reps} reps; medians; ours/naive; "
-            f"{os.cpu_count()} CPUs, SeaweedFS on loopback"
+            f"{os.cpu_count()} CPUs, SeaweedFS on loopback; {_environment()}"
         )
         base = {
             "endpoint": s3.endpoint,
@@ -287,6 +311,7 @@ def main() -> None:
         print("dir     |          ours           |          naive          | speed | ...")
         print(_fmt_row("export", med["ours-export"], med["naive-export"]))
         print(_fmt_row("import", med["ours-import"], med["naive-import"]))
+        print(f"load average at the end: {_load()}")
         print(f"wire/allocated (ours export): {med['ours-export']['wire'] / data:.3f}")
         print("median wall per stage (s):")
         for name, row in med.items():
