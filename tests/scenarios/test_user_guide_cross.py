@@ -19,12 +19,12 @@ real sshd as the node over a directory storage of real images
    PVE creates imports exactly those volumes (``import-from=``).
 3. Proxmox -> libvirt through HTTP (WebDAV, bearer token): a running PVE VM with two
    qcow2 disks is exported from its snapshot and arrives as libvirt volumes; nothing
-   is left on the WebDAV server.
+   is left on the WebDAV server. The source NIC is VLAN-tagged on a PVE bridge and
+   mapped to a libvirt network: the tag is not put on the target NIC, and the Created
+   condition says so.
 
 Around scenario 3: a token the WebDAV server refuses fails the migration with a clear
-UNAUTHENTICATED message and leaves the running source and its data as they were; and a
-strict xfail pins a known manager bug (a VLAN-tagged PVE NIC mapped to a libvirt
-network fails in CreateVM).
+UNAUTHENTICATED message and leaves the running source and its data as they were.
 """
 
 from __future__ import annotations
@@ -56,7 +56,6 @@ from tests.support.onemachine import run
 
 MiB = 1 << 20
 API = "infra.virtrigaud.io/v1beta1"
-MAC = "52:54:00:e3:0c:01"
 EVENTS = {"ExportCompleted", "ImportCompleted", "VMCreated", "MigrationCompleted"}
 
 
@@ -297,6 +296,7 @@ def test_scenario_1_libvirt_to_vsphere_through_s3(
     # Shape: the source's CPU and memory, its NIC's MAC on the mapped portgroup.
     assert vs.prop(disks.moid, "config.hardware.numCPU") == 1
     assert vs.prop(disks.moid, "config.hardware.memoryMB") == 64
+    assert vs.prop(disks.moid, "config.firmware") == "bios"
     devices = vs.prop(disks.moid, "config.hardware.device")
     nics = [d for d in devices if isinstance(d, vim.vm.device.VirtualEthernetCard)]
     assert [n.macAddress for n in nics] == [src.mac]
@@ -419,6 +419,7 @@ def test_scenario_2_vsphere_to_proxmox_through_nfs(vs: Lab, pve: PveEnv, tmp_pat
         }, made.config["net0"]
         assert int(made.config["cores"]) * int(made.config.get("sockets", 1)) == 2
         assert int(str(made.config["memory"]).removeprefix("current=")) == 256
+        assert made.config.get("bios", "seabios") == "seabios"  # the source boots BIOS
     finally:
         _remove_pve_target(pve, target)
     # Nothing left in the directory storage, the node's or the provider's scratch,
@@ -464,11 +465,11 @@ def test_scenario_3_proxmox_to_libvirt_through_webdav(
             "scsi1": ("qcow2", 16 * MiB, pattern(300_000, 302)),
         },
         status="running",
-        # Untagged: a VLAN tag on the source NIC is carried to the target NIC even when
-        # targetNetworkHints maps it to a network, and libvirt refuses per-NIC VLANs
-        # (see test_a_vlan_tagged_proxmox_nic_mapped_to_a_libvirt_network below).
-        extra_config={"net0": f"virtio={MAC.upper()},bridge={BRIDGE}"},
+        # The usual PVE NIC: on a VLAN-aware bridge with a tag (net0 of add_vm).
     )
+    net0 = pve.pve.vm(int(vm.vmid)).config["net0"]
+    assert net0.endswith(f"bridge={BRIDGE},tag=12"), net0
+    mac = net0.split(",", 1)[0].split("=", 1)[1].lower()
     want = [digest.content_digest(str(vm.disks[k]), "qcow2") for k in ("scsi0", "scsi1")]
     folder = f"x3-{secrets.token_hex(3)}"
     storage = {
@@ -497,18 +498,26 @@ def test_scenario_3_proxmox_to_libvirt_through_webdav(
         pve.remove_vm(vm.vmid)
     _assert_finished(migration, [("qcow2", "qcow2"), ("qcow2", "qcow2")], "NoConversionNeeded")
     assert _content(migration) == want
+    created = {c["type"]: c for c in migration["status"]["conditions"]}["Created"]
+    assert "VLAN tag 12 of source NIC net0 not carried" in created["message"], created
     # The domain exists with two disks in the second pool holding the source's content.
     conn = kvm.connect()
     try:
         dom = conn.lookupByName(target)
         assert dom.UUIDString() == migration["target"]["status"]["id"]
-        disks = [d for d in domxml.parse_domain(dom.XMLDesc(0)).disks if d.device == "disk"]
+        parsed = domxml.parse_domain(dom.XMLDesc(0))
+        assert (parsed.vcpus, parsed.memory_kib, parsed.firmware) == (2, 256 * 1024, "bios")
+        disks = [d for d in parsed.disks if d.device == "disk"]
         assert len(disks) == 2
         assert all(d.path and d.path.startswith(str(kvm.pool2_path)) for d in disks)
         arrived = [digest.content_digest(str(d.path), d.format, force_share=True) for d in disks]
         assert arrived == want
         nics = domxml.parse_domain(dom.XMLDesc(0)).nics
-        assert [(n.kind, n.source, n.mac) for n in nics] == [("network", kvm.network, MAC)]
+        # The user's network is the segment: the source's tag is not put on the NIC
+        # (libvirt would refuse a per-NIC VLAN) and the Created condition says so.
+        assert [(n.kind, n.source, n.mac, n.vlan) for n in nics] == [
+            ("network", kvm.network, mac, 0)
+        ]
     finally:
         conn.close()
     # Nothing left on the WebDAV server (the uploads did land in that folder), in the
@@ -518,57 +527,6 @@ def test_scenario_3_proxmox_to_libvirt_through_webdav(
     assert [p for p in root.rglob("*") if p.is_file()] == []
     assert list(pve.node_tmp.iterdir()) == []
     assert list(scratch.iterdir()) == []
-
-
-class _VlanRefused(Exception):
-    """The target refused the NIC's VLAN: the known manager bug, nothing else."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=_VlanRefused,
-    reason="manager bug: the source NIC's VLAN tag is sent to the target even when "
-    "targetNetworkHints maps the NIC to a network; libvirt refuses per-NIC VLANs",
-)
-def test_a_vlan_tagged_proxmox_nic_mapped_to_a_libvirt_network(
-    kvm: LibvirtEnv, kvm_cleanup: None, pve: PveEnv, tmp_path: Path
-) -> None:
-    """A PVE NIC on ``vmbr0,tag=12`` mapped by the user to a libvirt network: the user
-    chose the target segment, so the migration should finish (today it fails at its
-    very end, in CreateVM, after every disk was moved)."""
-    vm = pve.add_vm(f"x3v-{secrets.token_hex(3)}", {"scsi0": ("qcow2", 8 * MiB, b"\x5a" * 4096)})
-    assert "tag=12" in pve.pve.vm(int(vm.vmid)).config["net0"]
-    nfs = tmp_path / "nfs"
-    nfs.mkdir()
-    scratch = tmp_path / "pve-scratch"
-    scratch.mkdir()
-    target = kvm.name(f"x3v-{secrets.token_hex(2)}")
-    manifests = [
-        *_proxmox(pve, scratch),
-        *_libvirt(kvm, kvm.pool2),
-        *_move(
-            "pve",
-            vm.vmid,
-            "kvm",
-            target,
-            kvm.pool2,
-            kvm.network,
-            {"type": "nfs", "path": str(nfs)},
-        ),
-    ]
-    try:
-        proc = run(tmp_path, manifests, timeout=300)
-        proc.communicate(timeout=600)
-    finally:
-        pve.remove_vm(vm.vmid)
-    store = SQLiteStore(tmp_path / "state.db")
-    try:
-        status = store.get("VMMigration", "default", "move")["status"]
-    finally:
-        store.close()
-    if status["phase"] == "Failed" and "vlan_id: VLAN tagging" in status["message"]:
-        raise _VlanRefused(status["message"])
-    assert status["phase"] == "Ready", status
 
 
 def test_a_wrong_webdav_token_fails_clearly_and_keeps_the_proxmox_source_intact(
@@ -581,7 +539,6 @@ def test_a_wrong_webdav_token_fails_clearly_and_keeps_the_proxmox_source_intact(
         f"x3t-{secrets.token_hex(3)}",
         {"scsi0": ("qcow2", 8 * MiB, pattern(70_000, 311))},
         status="running",
-        extra_config={"net0": f"virtio={MAC.upper()},bridge={BRIDGE}"},
     )
     before = digest.content_digest(str(vm.disks["scsi0"]), "qcow2")
     folder = f"x3t-{secrets.token_hex(3)}"
