@@ -140,7 +140,8 @@ def create_request(request: pb.CreateVMRequest) -> lifecycle.CreateRequest:
         firmware="efi" if request.firmware == pb.FIRMWARE_UEFI else "bios",
         disks=tuple(disks),
         nics=tuple(
-            lifecycle.NicRequest(network=n.network, mac=n.mac, model=n.model) for n in request.nics
+            lifecycle.NicRequest(network=n.network, mac=n.mac, model=n.model, vlan=n.vlan_id)
+            for n in request.nics
         ),
         storage_hint=request.storage_hint,
         power_on=request.power_on,

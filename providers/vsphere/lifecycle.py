@@ -57,6 +57,7 @@ class NicRequest:
     network: str
     mac: str = ""
     model: str = ""
+    vlan: int = 0  # refused when set: on vSphere the portgroup carries the VLAN
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,13 @@ def _nic_plans(
 ) -> list[specs.NicPlan]:
     plans = []
     for index, nic in enumerate(nics):
+        if nic.vlan:
+            # A VLAN is a property of the portgroup here; dropping the tag silently
+            # would put the VM on whatever segment the portgroup is.
+            raise errors.Unsupported(
+                f"nics[{index}].vlan_id: VLAN {nic.vlan} is not set per NIC on vSphere; "
+                "map the NIC to a portgroup that carries that VLAN"
+            )
         specs.nic_class(nic.model, f"nics[{index}].model")
         node = tree.network(dc, nic.network)
         dvs_uuid = key = ""

@@ -173,6 +173,11 @@ def _names(provider: ProviderClient, pattern_: str) -> list[str]:
             "rtl8139",
         ),
         (
+            lambda r, p: r.nics.add(network=PORTGROUP, vlan_id=12),
+            errors.Unsupported,
+            "VLAN 12 is not set per NIC",
+        ),
+        (
             lambda r, p: r.disks.append(_imported(f"[{DATASTORE}] nowhere/missing.vmdk")),
             errors.NotFound,
             "missing.vmdk",
