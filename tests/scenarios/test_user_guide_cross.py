@@ -245,8 +245,9 @@ def _assert_finished(
     assert f"snapshot {status['snapshotId']}" in cleaned["message"]
     for src, dst in {pair for pair in formats if pair[0] != pair[1]}:
         assert f"{src} -> {dst}" in converted["message"], converted
-    reasons = {reason for reason, _ in migration["events"]}
-    assert reasons >= EVENTS, reasons
+    reasons = [reason for reason, _ in migration["events"]]
+    assert set(reasons) >= EVENTS, reasons
+    assert reasons.index("MigrationCompleted") < reasons.index("CleanupCompleted"), reasons
     assert migration["target"] is not None
     assert migration["target"]["spec"]["importedDisk"]["migrationRef"]["name"] == "move"
 
