@@ -4,7 +4,7 @@ Each test writes the manifests a user would, runs ``virtrigaud run -f`` (one-mac
 mode: real provider processes, real libvirtd + QEMU, real SeaweedFS or an NFS-style
 directory) and then checks the data that arrived (content digests of every target
 volume against the source disk), the final status fields and the events. The
-cross-hypervisor scenarios (1-3) live with the vSphere and Proxmox providers' tests.
+cross-hypervisor scenarios (1-3) are in ``test_user_guide_cross.py``.
 
 4. A VM with three disks of different sizes and formats (qcow2, raw, vmdk) and
    ``targetDiskFormat: raw``: every disk arrives as a raw volume with the same content.
