@@ -195,10 +195,7 @@ def _target(p: Pass, vm: pb.VM | None, out: list[Problem]) -> None:
             )
         )
     elif checked is not None and not checked.ok:
-        failed = "; ".join(c.message or c.name for c in checked.checks if not c.ok)
-        out.append(
-            Problem("TargetStorageInvalid", f"target Provider {p.target_provider_ref}: {failed}")
-        )
+        out.append(_failed_checks(p.target_provider_ref, [c for c in checked.checks if not c.ok]))
     src, tgt = p.obs.source_caps, p.obs.target_caps
     if vm is None or not isinstance(src, pb.Capabilities) or not isinstance(tgt, pb.Capabilities):
         return
@@ -208,6 +205,25 @@ def _target(p: Pass, vm: pb.VM | None, out: list[Problem]) -> None:
             plan = formats.choose(disk.format, desired, src, tgt)
             if isinstance(plan, str):
                 out.append(Problem("FormatUnsupported", f"disk {disk.id}: {plan}"))
+
+
+def _failed_checks(ref: str, failed: list[pb.ValidationCheck]) -> Problem:
+    """One problem for the target's failed Validate checks, named after the first kind
+    that failed. A failed ``connection`` (the hypervisor unreachable, or refusing the
+    login) may be an outage: it is waited for until the validation timeout, and the
+    checks it left undone are not listed."""
+    connection = [c for c in failed if c.name == "connection"]
+    if connection:
+        message = f"target Provider {ref} cannot reach its hypervisor: {connection[0].message}"
+        return Problem("TargetUnreachable", message, True)
+    kinds = (
+        ("storage", "TargetStorageInvalid"),
+        ("network", "TargetNetworkInvalid"),
+    )
+    first = failed[0].name.partition(":")[0]
+    reason = next((r for prefix, r in kinds if first.startswith(prefix)), "TargetValidationFailed")
+    details = "; ".join(c.message or c.name for c in failed)
+    return Problem(reason, f"target Provider {ref}: {details}")
 
 
 def _conflicts(p: Pass, out: list[Problem]) -> None:

@@ -67,6 +67,17 @@ WAITING = [
         "SecretNotFound",
         "credentials Secret default/creds not found",
     ),
+    (  # the target hypervisor is down (or refuses the login): may be an outage
+        {
+            "validation": valid(
+                ("connection", False, "cannot connect to qemu:///system: connection refused"),
+                ("storage:default", False, "not checked: no connection"),
+            )
+        },
+        "TargetUnreachable",
+        "target Provider default/tgt cannot reach its hypervisor: cannot connect to "
+        "qemu:///system: connection refused",
+    ),
 ]
 
 
@@ -236,6 +247,8 @@ def test_unreachable_target_network_fails_with_the_providers_words() -> None:
     )
     d.step(dataclasses.replace(obs, validation=checks))
     assert d.status.message == "target Provider default/tgt: network 'br-storage' does not exist"
+    assert d.phase() is MigrationPhase.FAILED
+    assert cond(d.status, "Validated")[1] == "TargetNetworkInvalid"
 
 
 def test_hints_by_nic_name_and_unused_hints() -> None:
