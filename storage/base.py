@@ -63,7 +63,7 @@ class BackendOptions:
     workers: int = 4  # S3: parts uploaded in parallel
     max_buffer_bytes: int = 512 * MiB  # S3: cap on part buffers held in memory
     chunk_size: int = 1 * MiB  # readers: size of the chunks they yield
-    read_workers: int = 6  # S3 reader: ranged GETs in flight at once
+    read_workers: int = 4  # S3 reader: ranged GETs in flight at once
     read_range_size: int = 8 * MiB  # S3 reader: bytes fetched per ranged GET
     queue_chunks: int = 4  # HTTP writer: chunks buffered between write() and the socket
     retry: RetryPolicy = field(default_factory=RetryPolicy)

@@ -578,7 +578,7 @@ class S3Reader(Reader):
 
     Memory: a range is only requested while fewer than ``read_workers + 1`` ranges are
     alive (being fetched, fetched and waiting, or being yielded), so buffered bytes never
-    exceed ``(read_workers + 1) x read_range_size`` (56 MiB with the defaults), whatever
+    exceed ``(read_workers + 1) x read_range_size`` (40 MiB with the defaults), whatever
     the object size; ``peak_buffer_bytes`` reports the peak actually reached.
 
     Errors: a broken range resumes at its current offset (``resumes`` counts them) with
