@@ -18,7 +18,9 @@
   ShutdownBeforeSnapshot``, not Failed, not being deleted) is never powered on: the
   migration holds its power (it shuts the VM down for the snapshot, and the source of
   a finished cold migration stays off so the two copies cannot diverge). The hold ends
-  when that migration fails (it powers the source back on itself) or is deleted.
+  when that migration fails (it powers the source back on itself) or is deleted. A
+  migration exporting a powered-off source without a snapshot holds it off too, until
+  it is Ready or Failed.
 
 Status: ``id``, ``powerState``, ``phase`` (Pending, Provisioning, Ready, Deleting,
 Failed), ``disks`` as the provider reports them, ``message``, the ``Ready``
@@ -56,6 +58,7 @@ from manager.controllers.common import (
 )
 from manager.controllers.vmdelete import FINALIZER, finalize
 from manager.controllers.vmpass import Pass, power_matches
+from manager.migration.snapshot import exporting_without_snapshot
 from manager.runtime.controller import Watch
 from manager.runtime.types import Result
 from manager.store.base import Obj, ObjectKey, ObjectStore, WatchEvent
@@ -285,12 +288,16 @@ class VirtualMachineReconciler:
             spec = migration.spec
             if (spec.source_namespace, spec.source_name) != (namespace, vm.metadata.name):
                 continue
-            if spec.source_power_policy is not SourcePowerPolicy.SHUTDOWN_BEFORE_SNAPSHOT:
+            if migration.metadata.deletion_timestamp is not None:
                 continue
-            phase = migration.status.phase if migration.status else None
-            if phase is MigrationPhase.FAILED or migration.metadata.deletion_timestamp is not None:
-                continue
-            return f"{migration.metadata.namespace or 'default'}/{migration.metadata.name}"
+            status = migration.status
+            phase = status.phase if status else None
+            cold = spec.source_power_policy is SourcePowerPolicy.SHUTDOWN_BEFORE_SNAPSHOT
+            unsnapshotted = status is not None and exporting_without_snapshot(status.conditions)
+            if (cold and phase is not MigrationPhase.FAILED) or (
+                unsnapshotted and phase not in (MigrationPhase.READY, MigrationPhase.FAILED)
+            ):
+                return f"{migration.metadata.namespace or 'default'}/{migration.metadata.name}"
         return None
 
     def _poll_power(self, p: Pass, link: ProviderLink, task_id: str) -> Result | None:

@@ -13,6 +13,13 @@ migration fails, or is deleted before Ready, a source it shut down is powered ba
 ``SourcePowerRestoreFailed``). On deletion this waits until the migration's snapshot
 is gone, so the power-on never races the snapshot's merge.
 
+A source that is powered off (by the user, or by the shutdown above) whose provider
+cannot snapshot it (CreateSnapshot UNIMPLEMENTED or FAILED_PRECONDITION, e.g. a raw
+disk on a Proxmox directory storage) is exported as it is, without a snapshot:
+Snapshotted is True with reason ``SourceOffNoSnapshot``, and the VirtualMachine
+controller holds the source's power off until the migration ends (a running source
+that cannot be snapshotted still fails the migration).
+
 The snapshot is named ``vmmig-<uid8>-<attempt>``. Both steps are probes: the shell
 submits them with a deterministic operation id and the planner reads the task. A failed
 snapshot is retried per the retry policy (new attempt, new name); a snapshot that
@@ -24,6 +31,7 @@ submitted in the same pass (phase Exporting).
 from __future__ import annotations
 
 from manager.api import (
+    Condition,
     ConditionStatus,
     MigrationPhase,
     SourcePowerPolicy,
@@ -123,7 +131,9 @@ def probes(migration: VMMigration, obs: Observations, s: Settings) -> list[Probe
     power = power_probe(migration, obs, s)
     if power is not None:
         return [power]
-    create = create_probe(migration, obs) if not status.snapshot_id else None
+    if status.snapshot_id or exporting_without_snapshot(status.conditions):
+        return []
+    create = create_probe(migration, obs)
     return [create] if create else []
 
 
@@ -158,8 +168,23 @@ def _task(p: Pass, probe: Probe, what: str) -> pb.Task | None:
     return None
 
 
+NO_SNAPSHOT = "SourceOffNoSnapshot"
+_CANNOT_SNAPSHOT = frozenset({pb.ERROR_CODE_UNIMPLEMENTED, pb.ERROR_CODE_FAILED_PRECONDITION})
+
+
 def _failed(p: Pass, failure: RpcFailure, what: str) -> None:
     if failure.code == pb.ERROR_CODE_ALREADY_EXISTS and _adopt(p):
+        return
+    vm = p.obs.source_vm
+    source_off = isinstance(vm, pb.VM) and vm.power_state == pb.POWER_STATE_OFF
+    if what == "snapshot" and source_off and failure.code in _CANNOT_SNAPSHOT:
+        message = (
+            f"source VM is powered off and cannot be snapshotted ({failure.message}): "
+            "its disks are exported as they are; virtrigaud will not power it on until "
+            "the migration ends (do not start it by other means meanwhile)"
+        )
+        p.condition("Snapshotted", True, NO_SNAPSHOT, message)
+        p.event("SnapshotSkipped", message)
         return
     message = f"{what} failed: {failure}"
     if retry.classify(failure) is retry.Disposition.PERMANENT:
@@ -206,13 +231,20 @@ def step(p: Pass) -> None:
             )
             p.requeue(0)
         return
-    if not p.status.snapshot_id:
+    if not p.status.snapshot_id and not exporting_without_snapshot(p.status.conditions):
         create = create_probe(p.migration, p.obs)
         task = _task(p, create, "snapshot") if create else None
         if task is None:
+            if exporting_without_snapshot(p.status.conditions):
+                start_export(p)
             return
         _created(p, task.snapshot_result.snapshot_id)
     start_export(p)
+
+
+def exporting_without_snapshot(conditions: list[Condition]) -> bool:
+    found = find_condition(conditions, "Snapshotted")
+    return found is not None and found.reason == NO_SNAPSHOT
 
 
 def start_export(p: Pass) -> None:

@@ -240,6 +240,7 @@ class MemoryProvider(ProviderDriver):
     def create_snapshot(
         self, request: pb.CreateSnapshotRequest, ctx: TaskContext
     ) -> pb.SnapshotResult:
+        self._maybe_fail("create_snapshot")
         vm = self._vm(request.vm_id)
         snap = vm.snapshots.add(
             id=f"snap-{next(self._ids)}", name=request.name, description=request.description

@@ -374,3 +374,29 @@ def test_a_cold_migration_holds_its_source_off_until_it_fails(
         "source powered on once the hold ended",
     )
     assert mem.driver.vms[source.id].power_state == pb.POWER_STATE_ON
+
+
+def test_a_source_exported_without_a_snapshot_is_held_off_until_the_migration_ends(
+    store: SQLiteStore, mem: Hypervisor
+) -> None:
+    source = mem.driver.add_vm("plain", {"vda": b"\x06" * MiB})  # off
+    created = store.create(factory.migration("warm", source="plain"))
+    snapshotted = {
+        "type": "Snapshotted",
+        "status": "True",
+        "reason": "SourceOffNoSnapshot",
+        "lastTransitionTime": "2026-11-26T10:00:00Z",
+    }
+    store.update_status({**created, "status": {"phase": "Exporting", "conditions": [snapshotted]}})
+    store.create(factory.vm("plain", provider_name="mem", vmId=source.id, powerState="On"))
+    status = wait_phase(store, "plain", "Ready")
+    assert "power held by VMMigration default/warm" in _ready(status)["message"]
+    assert mem.driver.vms[source.id].power_state == pb.POWER_STATE_OFF
+    migration = store.get("VMMigration", "default", "warm")
+    store.update_status({**migration, "status": {**migration["status"], "phase": "Ready"}})
+    wait_for(
+        lambda: _status(store, "plain"),
+        lambda s: s.get("powerState") == "On",
+        60,
+        "powered on once the migration was Ready",
+    )

@@ -379,3 +379,30 @@ def test_deleting_a_cold_migration_powers_the_source_on_after_its_snapshot_is_go
         assert completed and "power-on of source VM" in completed[0]
     finally:
         world.close()
+
+
+def test_a_powered_off_source_that_cannot_be_snapshotted_is_exported_as_it_is(
+    world: Harness,
+) -> None:
+    world.source.inject["create_snapshot"] = errors.Unsupported(
+        "snapshot feature is not available for raw disks on directory storage"
+    )
+    key = world.migrate()
+    mig = _migration(world.drive(key, cleaned))
+    st = mig.status
+    assert st is not None and st.phase is not None and st.phase.value == "Ready"
+    assert not st.snapshot_id
+    snapshotted = next(c for c in st.conditions if c.type == "Snapshotted")
+    assert (snapshotted.status.value, snapshotted.reason) == ("True", "SourceOffNoSnapshot")
+    assert "SnapshotSkipped" in world.reasons(key)
+    for disk, data in zip(st.disks, (VDA, VDB), strict=True):
+        assert world.target.volumes[disk.imported_disk_id or ""].read_bytes() == data
+
+
+def test_a_running_source_that_cannot_be_snapshotted_fails(world: Harness) -> None:
+    world.source.vms[world.source_vm.id].power_state = pb.POWER_STATE_ON
+    world.source.inject["create_snapshot"] = errors.Unsupported("no snapshots here")
+    key = world.migrate()
+    mig = _migration(world.drive(key, phase_is("Failed")))
+    assert mig.status is not None and "snapshot failed: UNIMPLEMENTED" in (mig.status.message or "")
+    assert world.target.volumes == {}
