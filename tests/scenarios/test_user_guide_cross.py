@@ -590,3 +590,47 @@ def test_a_wrong_webdav_token_fails_clearly_and_keeps_the_proxmox_source_intact(
     )
     assert list(pve.node_tmp.iterdir()) == []
     assert list(scratch.iterdir()) == []
+
+
+def test_a_stopped_proxmox_vm_with_a_raw_disk_moves_without_a_snapshot(
+    kvm: LibvirtEnv, kvm_cleanup: None, pve: PveEnv, tmp_path: Path
+) -> None:
+    """PVE cannot snapshot a raw disk on directory storage. A powered-off source is
+    consistent without one: its disk is exported as it is (Snapshotted:
+    SourceOffNoSnapshot) and the migration finishes with the same data on libvirt."""
+    vm = pve.add_vm(
+        f"x3r-{secrets.token_hex(3)}",
+        {"scsi0": ("raw", 16 * MiB, pattern(2 * MiB, 303))},
+        status="stopped",
+    )
+    want = [digest.content_digest(str(vm.disks["scsi0"]), "raw")]
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    scratch = tmp_path / "pve-scratch"
+    scratch.mkdir()
+    target = kvm.name(f"x3r-{secrets.token_hex(2)}")
+    storage = {"type": "nfs", "path": str(nfs)}
+    manifests = [
+        *_proxmox(pve, scratch),
+        *_libvirt(kvm, kvm.pool2),
+        *_move("pve", vm.vmid, "kvm", target, kvm.pool2, kvm.network, storage),
+    ]
+    try:
+        migration = _migrate(tmp_path, manifests)
+        source = pve.pve.vm(int(vm.vmid))
+        assert source is not None and source.status == "stopped"  # never started by us
+    finally:
+        pve.remove_vm(vm.vmid)
+    status = migration["status"]
+    snapshotted = {c["type"]: c for c in status["conditions"]}["Snapshotted"]
+    assert (snapshotted["status"], snapshotted["reason"]) == ("True", "SourceOffNoSnapshot")
+    assert not status.get("snapshotId")
+    assert _content(migration) == want
+    conn = kvm.connect()
+    try:
+        dom = conn.lookupByName(target)
+        disks = [d for d in domxml.parse_domain(dom.XMLDesc(0)).disks if d.device == "disk"]
+        arrived = [digest.content_digest(str(d.path), d.format, force_share=True) for d in disks]
+        assert arrived == want
+    finally:
+        conn.close()
