@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from providers.common.checks import Check
 from providers.libvirt import names, placement
 from providers.libvirt.client import LibvirtClient
 from virtrigaud import errors
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    message: str
 
 
 def version_text(version: int) -> str:

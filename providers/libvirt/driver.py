@@ -34,6 +34,7 @@ from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from providers.common import checks as common_checks
 from providers.libvirt import checks, exports, imports, inventory, lifecycle, snapshots, volxml
 from providers.libvirt.client import LibvirtClient
 from providers.libvirt.model import DiskInfo, NicInfo, SnapshotInfo, VmInfo
@@ -236,10 +237,7 @@ class LibvirtDriver(ProviderDriver):
 
     def validate(self, request: pb.ValidateRequest) -> pb.ValidateResponse:
         results = checks.validate(self.client, request.storage_hint, list(request.networks))
-        return pb.ValidateResponse(
-            ok=all(c.ok for c in results),
-            checks=[pb.ValidationCheck(name=c.name, ok=c.ok, message=c.message) for c in results],
-        )
+        return common_checks.response(results)
 
     def list_vms(self, name_filter: str) -> list[pb.VM]:
         return [vm_message(vm) for vm in inventory.list_vms(self.client, name_filter)]

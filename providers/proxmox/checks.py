@@ -6,18 +6,10 @@ cannot run because an earlier one failed says so.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+from providers.common.checks import Check
 from providers.proxmox import lifecycle, node
 from providers.proxmox.site import Site
 from virtrigaud import errors
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    message: str
 
 
 def validate(site: Site, storage_hint: str, networks: list[str]) -> list[Check]:

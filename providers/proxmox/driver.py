@@ -44,6 +44,7 @@ import os
 import re
 import threading
 
+from providers.common import checks as common_checks
 from providers.proxmox import checks, exports, imports, inventory, lifecycle, snapshots
 from providers.proxmox.api import Credentials, Endpoint, PveApi
 from providers.proxmox.node import LocalNode, NodeAccess, SshNode, SshSettings
@@ -120,10 +121,7 @@ class ProxmoxDriver(ProviderDriver):
 
     def validate(self, request: pb.ValidateRequest) -> pb.ValidateResponse:
         results = checks.validate(self.site, request.storage_hint, list(request.networks))
-        return pb.ValidateResponse(
-            ok=all(c.ok for c in results),
-            checks=[pb.ValidationCheck(name=c.name, ok=c.ok, message=c.message) for c in results],
-        )
+        return common_checks.response(results)
 
     def list_vms(self, name_filter: str) -> list[pb.VM]:
         return inventory.list_vms(self.site, name_filter)

@@ -7,19 +7,12 @@ checked". The placement tree is read once for all checks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
+from providers.common.checks import Check
 from providers.vsphere import placement
 from providers.vsphere.client import VSphereClient
 from providers.vsphere.settings import Settings
 from virtrigaud import errors
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    message: str
 
 
 def _check(name: str, probe: Callable[[], str]) -> Check:

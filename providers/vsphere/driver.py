@@ -18,6 +18,7 @@ from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from providers.common import checks as common_checks
 from providers.runtime.driver import ProviderConfig, ProviderDriver
 from providers.runtime.tasks import TaskContext
 from providers.vsphere import (
@@ -193,10 +194,7 @@ class VSphereDriver(ProviderDriver):
         results = checks.validate(
             self.client, self.settings, request.storage_hint, list(request.networks)
         )
-        return pb.ValidateResponse(
-            ok=all(c.ok for c in results),
-            checks=[pb.ValidationCheck(name=c.name, ok=c.ok, message=c.message) for c in results],
-        )
+        return common_checks.response(results)
 
     def list_vms(self, name_filter: str) -> list[pb.VM]:
         return [vm_message(vm) for vm in inventory.list_vms(self.client, name_filter)]
