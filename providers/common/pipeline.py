@@ -685,9 +685,9 @@ def _convert_and_verify(
     source = digest.data_layout(received, req.src_format)
     with _Background(ctx.cancel) as background:
         if from_stream is None and source.direct:
-            # qemu-img converts on one core: the object's digest gets the rest (nothing
-            # else runs now; a second thread picks up what qemu-img leaves idle).
-            background.start(_digest_job(source, scratch, False, _VERIFY_THREADS))
+            # qemu-img converts on one core, the object's digest runs on another (one
+            # thread: a second one would take CPU from qemu-img, the critical path).
+            background.start(_digest_job(source, scratch, False))
         ctx.stage(STAGE_CONVERTING)
         qemu_img.convert(
             received,
