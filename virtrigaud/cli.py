@@ -111,6 +111,18 @@ def _one_machine_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser
     describe.add_argument("name")
     describe.add_argument("-n", "--namespace", default="default")
     _store_option(describe)
+    delete = sub.add_parser(
+        "delete", help="delete a VMMigration and run its cleanup (providers + controllers)"
+    )
+    delete.add_argument("resource", choices=("vmmigration", "vmmigrations", "vmm"))
+    delete.add_argument("name")
+    delete.add_argument("-n", "--namespace", default="default")
+    delete.add_argument(
+        "--force", action="store_true", help="remove the finalizer without cleaning up"
+    )
+    delete.add_argument("--timeout", type=float, help="give up after S seconds (exit 1)")
+    delete.add_argument("--log-level", default="warning", help="manager log level (stderr)")
+    _store_option(delete)
     inventory = sub.add_parser("inventory", help="list the VMs a provider sees")
     inventory.add_argument("provider", help="Provider name")
     inventory.add_argument("-n", "--namespace", default="default")
@@ -124,6 +136,18 @@ def _run_one_machine(args: argparse.Namespace) -> int:
 
     vlog.configure(args.log_level)
     return run(RunConfig(path=args.filename, store_path=args.store, timeout=args.timeout))
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from manager.onemachine.runner import RunConfig, delete
+    from manager.store.base import ObjectKey
+
+    vlog.configure(args.log_level)
+    if not args.store.exists():
+        raise errors.NotFound(f"no state store at {args.store} (run `virtrigaud run -f DIR` first)")
+    config = RunConfig(path=args.store.parent, store_path=args.store, timeout=args.timeout)
+    key = ObjectKey("VMMigration", args.namespace, args.name)
+    return delete(config, key, force=args.force)
 
 
 def _open_store(path: Path) -> SQLiteStore:
@@ -191,6 +215,7 @@ COMMANDS = {
     "run": _run_one_machine,
     "get": _get,
     "describe": _describe,
+    "delete": _delete,
     "inventory": _inventory,
     "manager": run_manager,
 }

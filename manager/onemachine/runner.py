@@ -14,13 +14,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
 from manager.connections import ProviderConnections
+from manager.migration.model import FORCE_DELETE_ANNOTATION
 from manager.onemachine import manifests, wiring
 from manager.onemachine.launcher import ProviderLauncher
 from manager.onemachine.progress import Progress
@@ -90,6 +91,53 @@ def _run(config: RunConfig, store: SQLiteStore, loaded: list[Obj]) -> int:
         f"{len(applied.updated)} updated, {len(applied.unchanged)} unchanged "
         f"(store {config.store_path})",
     )
+
+    def verdict(found: list[Obj], vms: list[Obj], failed: dict[ObjectKey, str], at: str) -> Code:
+        return settled(store, found, vms, failed, at)
+
+    return _drive(config, store, verdict)
+
+
+# (migrations, virtual machines, providers that failed to start, start time) -> exit code,
+# or None while work remains
+Code = int | None
+Verdict = Callable[[list[Obj], list[Obj], dict[ObjectKey, str], str], Code]
+
+
+def delete(config: RunConfig, key: ObjectKey, *, force: bool = False) -> int:
+    """``virtrigaud delete vmmigration NAME``: mark it deleted, then run the providers
+    and controllers until its finalizer has cleaned up (intermediate objects, snapshot,
+    imported disks, a half-created target VM) and it is gone. ``force`` sets the
+    force-delete annotation first (the finalizer is removed without cleanup)."""
+    store = SQLiteStore(config.store_path)
+    try:
+        obj = store.get(key.kind, key.namespace, key.name)
+        if force:
+            obj["metadata"].setdefault("annotations", {})[FORCE_DELETE_ANNOTATION] = "true"
+            store.update(obj)
+        store.delete(key.kind, key.namespace, key.name)
+
+        def verdict(
+            found: list[Obj], vms: list[Obj], failed: dict[ObjectKey, str], at: str
+        ) -> Code:
+            return EXIT_OK if all(ObjectKey.of(o) != key for o in found) else None
+
+        code = _drive(config, store, verdict, summary=False)
+        events = store.events_for(key.kind, key.namespace, key.name)
+        last = next(
+            (e for e in reversed(events) if e.reason in ("CleanupCompleted", "ForceDeleted")), None
+        )
+        if code == EXIT_OK:
+            _say(config, f"{key.kind.lower()} {key.namespace}/{key.name} deleted")
+            if last is not None:
+                _say(config, f"  {last.reason}: {last.message}")
+        return code
+    finally:
+        store.close()
+
+
+def _drive(config: RunConfig, store: SQLiteStore, verdict: Verdict, *, summary: bool = True) -> int:
+    """Start the providers and controllers and wait until ``verdict`` gives a code."""
     stop = threading.Event()
     started = now_text()
     with _stop_on_signals(stop), ProviderLauncher(store, config.store_path.parent) as launcher:
@@ -109,6 +157,8 @@ def _run(config: RunConfig, store: SQLiteStore, loaded: list[Obj]) -> int:
                 failed=launcher.failed,
                 started=started,
                 migrations=wired.migrations,
+                verdict=verdict,
+                summary=summary,
             )
         finally:
             wired.manager.stop()
@@ -126,6 +176,8 @@ def _wait(
     failed: dict[ObjectKey, str],
     started: str,
     migrations: bool,
+    verdict: Verdict,
+    summary: bool,
 ) -> int:
     tty = config.out.isatty() if config.tty is None else config.tty
     progress = Progress(config.out, tty)
@@ -134,10 +186,11 @@ def _wait(
         found = store.list("VMMigration") if migrations else []
         vms = store.list("VirtualMachine")
         progress.update(found, vms)
-        verdict = settled(store, found, vms, failed, started)
-        if verdict is not None:
-            _summary(config, found or vms, store)
-            return verdict
+        code = verdict(found, vms, failed, started)
+        if code is not None:
+            if summary:
+                _summary(config, found or vms, store)
+            return code
         if deadline is not None and time.monotonic() > deadline:
             _say(config, f"timed out after {config.timeout:.0f}s")
             _summary(config, found or vms)

@@ -427,3 +427,54 @@ def _providers_of(env: LibvirtEnv) -> list[int]:
         if b"provider" in cmdline and any(env.pool.encode() in part for part in cmdline):
             found.append(int(proc.name))
     return found
+
+
+def test_delete_cleans_up_after_a_failed_migration(
+    env: LibvirtEnv, source: Source, tmp_path: Path
+) -> None:
+    """A migration that fails at its very end (a VM of the target name already exists
+    on the hypervisor) keeps its objects, snapshot and imported disks for diagnosis;
+    `virtrigaud delete vmmigration` then removes all of them and leaves the foreign VM
+    alone."""
+    conn = env.connect()
+    try:
+        squatter = conn.defineXML(
+            domxml.build_domain(
+                domxml.DomainPlan(name=env.name("moved"), vcpus=1, memory_mib=32, virt_type="qemu")
+            )
+        )
+        squatter_uuid = squatter.UUIDString()
+    finally:
+        conn.close()
+    nfs = tmp_path / "nfs"
+    nfs.mkdir()
+    proc = run(tmp_path, _manifests(env, source, {"type": "nfs", "path": str(nfs)}, []))
+    out, err = proc.communicate(timeout=1200)
+    assert proc.returncode == 1, f"{out}\n{err}"
+    status = migration_status(tmp_path / "state.db", "move-app")
+    assert status["phase"] == "Failed", status
+    assert [p for p in nfs.rglob("*") if p.is_file() and p.suffix != ".sha256"]  # kept
+    conn = env.connect()
+    try:
+        assert conn.lookupByUUIDString(source.uuid).snapshotNum(0) == 1  # kept
+        pool2 = conn.storagePoolLookupByName(env.pool2)
+        pool2.refresh(0)
+        assert len(pool2.listAllVolumes(0)) == 2  # both disks were imported
+    finally:
+        conn.close()
+
+    out = cli(tmp_path, "delete", "vmmigration", "move-app", "--timeout", "300")
+    assert "vmmigration default/move-app deleted" in out
+    assert "CleanupCompleted: deleted" in out
+    assert not migration_status(tmp_path / "state.db", "move-app")
+    assert [p for p in nfs.rglob("*") if p.is_file()] == []
+    conn = env.connect()
+    try:
+        assert conn.lookupByUUIDString(source.uuid).snapshotNum(0) == 0
+        assert conn.lookupByUUIDString(source.uuid).isActive()
+        pool2 = conn.storagePoolLookupByName(env.pool2)
+        pool2.refresh(0)
+        assert [v.name() for v in pool2.listAllVolumes(0)] == []
+        assert conn.lookupByUUIDString(squatter_uuid).name() == env.name("moved")  # untouched
+    finally:
+        conn.close()
