@@ -136,8 +136,11 @@ class ProviderClient:
         storage_hint: str = "",
         networks: list[str] | None = None,
         timeout: float | None = None,
+        storage_probe: pb.StorageLocation | None = None,
     ) -> pb.ValidateResponse:
-        request = pb.ValidateRequest(storage_hint=storage_hint, networks=networks or [])
+        request = pb.ValidateRequest(
+            storage_hint=storage_hint, networks=networks or [], storage_probe=storage_probe
+        )
         return self._call("Validate", self._stub.Validate, request, timeout)
 
     def list_vms(

@@ -231,7 +231,10 @@ class World:
         if not isinstance(vm, pb.VM) or provider is None:
             return None
         hint, nets = planner.validate_request(self.migration, vm, provider)
-        return self.call("target", lambda c: c.validate(hint, nets))
+        # No probe while a referenced Secret is missing: that is waited for on its own.
+        secret_missing = self.migration.spec.storage.credentials_secret_ref and not self.credentials
+        probe = None if secret_missing else self.location(naming.probe_url(self.migration))
+        return self.call("target", lambda c: c.validate(hint, nets, storage_probe=probe))
 
     def _tasks(self, needs: Needs) -> dict[str, TaskView]:
         out: dict[str, TaskView] = {}

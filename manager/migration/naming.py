@@ -66,6 +66,11 @@ def object_key(migration: VMMigration, disk: str, fmt: str) -> str:
     return join_key(migration.spec.storage.prefix or "", key)
 
 
+def probe_url(migration: VMMigration) -> str:
+    """Where Validate's storage probe writes (and deletes) its small object."""
+    return object_url(migration.spec.storage, object_key(migration, "storage-probe", "txt"))
+
+
 def base_url(storage: MigrationStorage) -> str:
     """The storage root every object of the migration must stay under."""
     if storage.type is StorageType.S3:

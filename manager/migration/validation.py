@@ -216,6 +216,9 @@ def _failed_checks(ref: str, failed: list[pb.ValidationCheck]) -> Problem:
     if connection:
         message = f"target Provider {ref} cannot reach its hypervisor: {connection[0].message}"
         return Problem("TargetUnreachable", message, True)
+    storage = [c for c in failed if c.name == "intermediate-storage"]
+    if storage:
+        return _storage_problem(ref, storage[0].message)
     kinds = (
         ("storage", "TargetStorageInvalid"),
         ("network", "TargetNetworkInvalid"),
@@ -224,6 +227,24 @@ def _failed_checks(ref: str, failed: list[pb.ValidationCheck]) -> Problem:
     reason = next((r for prefix, r in kinds if first.startswith(prefix)), "TargetValidationFailed")
     details = "; ".join(c.message or c.name for c in failed)
     return Problem(reason, f"target Provider {ref}: {details}")
+
+
+_STORAGE_REASONS = {
+    "UNAUTHENTICATED": "StorageAuthenticationFailed",
+    "PERMISSION_DENIED": "StoragePermissionDenied",
+    "NOT_FOUND": "StorageNotFound",
+}
+_STORAGE_OUTAGES = ("UNAVAILABLE", "TIMEOUT", "OUT_OF_SPACE")
+
+
+def _storage_problem(ref: str, message: str) -> Problem:
+    """The storage probe failed: a refusal fails the migration before anything moved;
+    an outage is waited for until the validation timeout."""
+    code = message.partition(":")[0]
+    text = f"target Provider {ref} cannot use the intermediate storage: {message}"
+    if code in _STORAGE_OUTAGES:
+        return Problem("StorageUnreachable", text, True)
+    return Problem(_STORAGE_REASONS.get(code, "StorageInvalid"), text)
 
 
 def _conflicts(p: Pass, out: list[Problem]) -> None:

@@ -104,6 +104,10 @@ def delete_object(request: pb.DeleteObjectRequest) -> None:
     _check_location(request.location, "location")
 
 
+def storage_probe(request: pb.ValidateRequest) -> None:
+    _check_location(request.storage_probe, "storage_probe")
+
+
 def delete_disk(request: pb.DeleteDiskRequest) -> None:
     _require(request.disk_id, "disk_id")
 

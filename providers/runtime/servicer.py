@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import grpc
 
+from providers.common import storagecheck
 from providers.runtime import requests as checks
 from providers.runtime.driver import ProviderDriver
 from providers.runtime.tasks import TaskContext, TaskRegistry, TaskResult, fingerprint
@@ -123,6 +124,10 @@ class ProviderServicer(pb_grpc.ProviderServicer):
     @rpc
     def Validate(self, request: pb.ValidateRequest, context: Any) -> Any:
         response = self.driver.validate(request)
+        if request.HasField("storage_probe"):
+            checks.storage_probe(request)
+            found = storagecheck.probe(request.storage_probe, self.driver.storage_allowed_hosts)
+            response.checks.add(name=found.name, ok=found.ok, message=found.message)
         response.ok = all(check.ok for check in response.checks)
         return response
 

@@ -59,6 +59,7 @@ def memory_conformance_target(tmp_path: Path) -> Iterator[ConformanceTarget]:
     driver.slow_vms[slow.id] = 0.2
     running = runtime_server.start(driver, "127.0.0.1:0", max_tasks=2)
     exports = tmp_path / "exports"
+    exports.mkdir()  # the mounted share
 
     def location(key: str) -> pb.StorageLocation:
         return pb.StorageLocation(backend=pb.STORAGE_BACKEND_NFS, url=f"nfs://{exports / key}")

@@ -461,3 +461,23 @@ def test_delete_disk_removes_an_unattached_import_only(target: ConformanceTarget
     again = _import_exported(target, exported.export_result, name).import_result
     assert again.disk_id == imported.disk_id
     _finish(target, delete_disk("cleanup"))
+
+
+@contract("Validate")
+def test_validate_probes_the_intermediate_storage(target: ConformanceTarget) -> None:
+    location = target.export_location(f"probe-{uuid.uuid4().hex[:6]}.txt")
+    response = target.client.validate(storage_probe=location)
+    probe = [c for c in response.checks if c.name == "intermediate-storage"]
+    assert len(probe) == 1 and probe[0].ok, probe
+    assert not target.object_exists(location.url)  # written, read back and deleted
+    # A location the provider cannot use is a failed check that says why ...
+    bad = pb.StorageLocation()
+    bad.CopyFrom(location)
+    bad.url = "ftp://nowhere/x"
+    (refused,) = [
+        c for c in target.client.validate(storage_probe=bad).checks if c.name == probe[0].name
+    ]
+    assert not refused.ok and refused.message.startswith("INVALID_ARGUMENT: "), refused
+    # ... and a request without one is refused as a whole.
+    with pytest.raises(errors.InvalidArgument, match=r"storage_probe\.backend"):
+        target.client.validate(storage_probe=pb.StorageLocation(url="nfs:///x"))

@@ -533,9 +533,9 @@ def test_scenario_3_proxmox_to_libvirt_through_webdav(
 def test_a_wrong_webdav_token_fails_clearly_and_keeps_the_proxmox_source_intact(
     kvm: LibvirtEnv, kvm_cleanup: None, pve: PveEnv, nginx: NginxDav, tmp_path: Path
 ) -> None:
-    """Scenario 3 with a token the WebDAV server refuses: the migration fails with an
-    authentication error, the source VM keeps running with its data and without the
-    migration snapshot, and nothing is created on libvirt."""
+    """Scenario 3 with a token the WebDAV server refuses: the target provider's storage
+    probe is refused during validation, so the migration fails before the source is
+    even snapshotted; the source keeps running with its data and nothing is created."""
     vm = pve.add_vm(
         f"x3t-{secrets.token_hex(3)}",
         {"scsi0": ("qcow2", 8 * MiB, pattern(70_000, 311))},
@@ -564,10 +564,8 @@ def test_a_wrong_webdav_token_fails_clearly_and_keeps_the_proxmox_source_intact(
         source = pve.pve.vm(int(vm.vmid))
         assert source is not None and source.status == "running"
         assert digest.content_digest(str(vm.disks["scsi0"]), "qcow2") == before
-        # A failed migration keeps its snapshot for diagnosis (manager/migration/
-        # cleanup.py) until the VMMigration is deleted; it is the only one.
-        kept = [s for s in source.snapshots if s != "current"]
-        assert len(kept) == 1 and kept[0].startswith("vmmig-"), kept
+        # Refused before anything happened: no snapshot was ever taken.
+        assert [s for s in source.snapshots if s != "current"] == []
     finally:
         pve.remove_vm(vm.vmid)
     store = SQLiteStore(tmp_path / "state.db")
@@ -577,9 +575,11 @@ def test_a_wrong_webdav_token_fails_clearly_and_keeps_the_proxmox_source_intact(
     finally:
         store.close()
     assert status["phase"] == "Failed", status
-    assert status["message"].startswith("export of disk scsi0 failed: UNAUTHENTICATED"), status
-    assert "HTTP 401" in status["message"] and "not-the-token" not in status["message"]
-    assert reasons[-1] == "MigrationFailed" and "ExportCompleted" not in reasons, reasons
+    validated = {c["type"]: c for c in status["conditions"]}["Validated"]
+    assert validated["reason"] == "StorageAuthenticationFailed", validated
+    assert "cannot use the intermediate storage: UNAUTHENTICATED" in status["message"], status
+    assert "401" in status["message"] and "not-the-token" not in status["message"]
+    assert reasons[-1] == "MigrationFailed" and "SnapshotCreated" not in reasons, reasons
     conn = kvm.connect()
     try:
         assert target not in [d.name() for d in conn.listAllDomains(0)]

@@ -78,6 +78,11 @@ WAITING = [
         "target Provider default/tgt cannot reach its hypervisor: cannot connect to "
         "qemu:///system: connection refused",
     ),
+    (  # the storage endpoint is down: may come back
+        {"validation": valid(("intermediate-storage", False, "UNAVAILABLE: s3://b/k: timed out"))},
+        "StorageUnreachable",
+        "target Provider default/tgt cannot use the intermediate storage: UNAVAILABLE",
+    ),
 ]
 
 
@@ -288,3 +293,25 @@ def test_a_vlan_tag_goes_onto_a_bridge_but_not_onto_a_named_network() -> None:
         "the target"
     )
     assert (to_bridge.bridge, to_bridge.vlan, to_bridge.note) == ("br0", 12, None)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("UNAUTHENTICATED", "StorageAuthenticationFailed"),
+        ("PERMISSION_DENIED", "StoragePermissionDenied"),
+        ("NOT_FOUND", "StorageNotFound"),
+        ("INVALID_ARGUMENT", "StorageInvalid"),
+    ],
+)
+def test_a_refused_storage_probe_fails_before_the_snapshot(code: str, reason: str) -> None:
+    d, obs = flows.validating(vm())
+    refused = valid(("intermediate-storage", False, f"{code}: s3://b/k: refused"))
+    plan = d.step(dataclasses.replace(obs, validation=refused))
+    assert d.phase() is MigrationPhase.FAILED
+    assert cond(d.status, "Validated")[1] == reason
+    assert f"cannot use the intermediate storage: {code}: s3://b/k: refused" in (
+        d.status.message or ""
+    )
+    assert not [a for a in plan.actions if type(a).__name__ == "ExportDisk"]
+    assert d.status.snapshot_id is None

@@ -201,12 +201,14 @@ class Capabilities(_message.Message):
     def __init__(self, provider_type: _Optional[str] = ..., provider_version: _Optional[str] = ..., hypervisor_version: _Optional[str] = ..., export_formats: _Optional[_Iterable[_Union[DiskFormat, str]]] = ..., import_formats: _Optional[_Iterable[_Union[DiskFormat, str]]] = ..., native_format: _Optional[_Union[DiskFormat, str]] = ..., storage_backends: _Optional[_Iterable[_Union[StorageBackend, str]]] = ..., features: _Optional[_Iterable[_Union[Feature, str]]] = ..., max_concurrent_tasks: _Optional[int] = ...) -> None: ...
 
 class ValidateRequest(_message.Message):
-    __slots__ = ("storage_hint", "networks")
+    __slots__ = ("storage_hint", "networks", "storage_probe")
     STORAGE_HINT_FIELD_NUMBER: _ClassVar[int]
     NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    STORAGE_PROBE_FIELD_NUMBER: _ClassVar[int]
     storage_hint: str
     networks: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, storage_hint: _Optional[str] = ..., networks: _Optional[_Iterable[str]] = ...) -> None: ...
+    storage_probe: StorageLocation
+    def __init__(self, storage_hint: _Optional[str] = ..., networks: _Optional[_Iterable[str]] = ..., storage_probe: _Optional[_Union[StorageLocation, _Mapping]] = ...) -> None: ...
 
 class ValidationCheck(_message.Message):
     __slots__ = ("name", "ok", "message")
