@@ -46,6 +46,9 @@ def _provider_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     p.add_argument("--tls-ca", help="CA for client certificates: enables mutual TLS")
     p.add_argument("--max-tasks", type=int, default=4, help="concurrent background tasks")
     p.add_argument("--grace", type=float, default=30.0, help="shutdown grace for tasks (s)")
+    p.add_argument(
+        "--parent-pid", type=int, help="shut down when this process is no longer the parent"
+    )
     p.add_argument("--log-level", default="info")
 
 
@@ -80,7 +83,14 @@ def _run_provider(args: argparse.Namespace) -> int:
         args.endpoint, args.credentials_dir, args.credentials_file, _parse_options(args.option)
     )
     driver = create_driver(args.provider_type, config)
-    run(driver, args.listen, tls=tls, max_tasks=args.max_tasks, grace=args.grace)
+    run(
+        driver,
+        args.listen,
+        tls=tls,
+        max_tasks=args.max_tasks,
+        grace=args.grace,
+        parent_pid=args.parent_pid,
+    )
     return 0
 
 

@@ -174,7 +174,7 @@ class ProviderLauncher:
     def _command(self, provider: Provider, listen: str, creds: Path | None) -> list[str]:
         cmd = [sys.executable, "-m", "virtrigaud.cli", "provider", "--type"]
         cmd += [provider.spec.type.value, "--listen", listen, "--endpoint", provider.spec.endpoint]
-        cmd += ["--grace", str(max(1.0, self.grace / 2))]
+        cmd += ["--grace", str(max(1.0, self.grace / 2)), "--parent-pid", str(os.getpid())]
         if creds is not None:
             cmd += ["--credentials-file", str(creds)]
         for key, value in provider_options(provider).items():

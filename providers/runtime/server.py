@@ -10,6 +10,7 @@ the gRPC server drains in-flight calls.
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from concurrent import futures
@@ -136,8 +137,11 @@ def run(
     tls: TLSFiles | None = None,
     max_tasks: int = 4,
     grace: float = 30.0,
+    *,
+    parent_pid: int | None = None,
 ) -> None:
-    """Serve until SIGTERM or SIGINT, then shut down gracefully."""
+    """Serve until SIGTERM or SIGINT -- or, with ``parent_pid``, until that process is no
+    longer our parent (it died: we were re-parented) -- then shut down gracefully."""
     running = start(driver, listen, tls, max_tasks)
     stop_requested = threading.Event()
     received: list[int] = []
@@ -152,6 +156,23 @@ def run(
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if parent_pid is not None:
+        threading.Thread(
+            target=_watch_parent, args=(parent_pid, stop_requested), name="parent", daemon=True
+        ).start()
     stop_requested.wait()
-    log.info("signal", signal=signal.Signals(received[0]).name)
+    if received:
+        log.info("signal", signal=signal.Signals(received[0]).name)
+    else:
+        log.info("parent_exited", parent_pid=parent_pid)
     running.stop(grace)
+
+
+def _watch_parent(parent_pid: int, stop: threading.Event, interval: float = 1.0) -> None:
+    """Set ``stop`` once ``parent_pid`` is no longer our parent. The launcher also asks
+    the kernel for SIGTERM on its death (PR_SET_PDEATHSIG), but that signal has been
+    seen missing for a provider of a SIGKILLed run; polling the parent cannot miss."""
+    while not stop.wait(interval):
+        if os.getppid() != parent_pid:
+            stop.set()
+            return

@@ -333,3 +333,48 @@ def test_cli_refuses_half_a_tls_configuration(tmp_path: Path) -> None:
     )
     assert done.returncode == 2
     assert "--tls-cert and --tls-key must be given together" in done.stderr
+
+
+def _state(pid: int) -> str | None:
+    """The process state letter (R, S, Z...), None when there is no such process."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return None
+
+
+def test_a_provider_shuts_down_when_its_parent_is_killed(tmp_path: Path) -> None:
+    """`--parent-pid`: the provider notices the parent is gone (even without any signal
+    reaching it, as after a SIGKILLed `virtrigaud run`) and shuts down gracefully."""
+    port = free_port()
+    log = tmp_path / "provider.log"
+    script = (
+        "import os, subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'virtrigaud.cli', 'provider',"
+        " '--type', 'libvirt', '--endpoint', 'test:///default',"
+        f" '--listen', '127.0.0.1:{port}', '--grace', '1',"
+        " '--parent-pid', str(os.getpid())],"
+        f" stdout=open({str(log)!r}, 'ab'), stderr=subprocess.STDOUT)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        with ProviderClient(f"127.0.0.1:{port}", timeout=2, retry=RetryPolicy(attempts=1)) as c:
+            deadline = time.monotonic() + 60
+            while not c.health(timeout=1.0):
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        parent.kill()
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 60
+        while _state(child) not in (None, "Z"):
+            assert time.monotonic() < deadline, f"provider {child} outlived its parent"
+            time.sleep(0.2)
+        assert '"event": "parent_exited"' in log.read_text()
+    finally:
+        parent.kill()
