@@ -5,6 +5,7 @@ Subcommands:
   run        one-machine mode: load manifests, start providers, reconcile until done
   get        list VMMigrations, VirtualMachines or Providers of the embedded store
   describe   show one object with its disks, conditions and events
+  delete     delete a VMMigration and run its finalizer's cleanup
   inventory  list the VMs a provider sees (or print manifests adopting them)
   manager    the controllers against a Kubernetes cluster (leader election, probes)
   version    print the version
