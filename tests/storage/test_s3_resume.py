@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,7 +10,7 @@ import pytest
 from storage.base import ResumeState
 from storage.s3 import S3Backend
 from storage.s3_multipart import S3Writer
-from tests.servers.seaweedfs import SeaweedFS, start_seaweedfs
+from tests.servers.seaweedfs import SeaweedFS
 from tests.storage.conftest import LOOPBACK, OPTIONS
 from tests.storage.streams import MiB, dense, digest, drain, prefix_of, pump
 from virtrigaud.errors import ChecksumMismatch, NotFound
@@ -20,17 +19,6 @@ KEY = "virtrigaud/ns/vm-0000cafe/vda.qcow2"
 SIZE = 100 * MiB + 777  # 13 parts of 8 MiB (the last one short)
 PARTS = 13
 SEED = 40
-
-
-@pytest.fixture(scope="module")
-def seaweed() -> Iterator[SeaweedFS]:
-    """A SeaweedFS of this module's own. The session's one, after the whole suite's
-    traffic, answered upload_part of a resumed upload with InternalError in 2 of 3 full
-    runs (never in isolation); these tests are about our resume logic, so they get a
-    fresh server (the flake is recorded in the session note for a closer look)."""
-    server = start_seaweedfs()
-    yield server
-    server.close()
 
 
 def fresh_backend(seaweed: SeaweedFS, bucket: str) -> S3Backend:
