@@ -117,6 +117,11 @@ class SeaweedFS:
             "-webdav=false",
             "-admin.ui=false",
             "-master.telemetry=false",
+            # Every bucket is a collection with volumes of its own; with the default 1 GiB
+            # volumes the volume count (free disk / volume size) ran out late in a full
+            # run (upload_part answered InternalError). Small volumes give room for the
+            # suite's hundreds of buckets.
+            "-master.volumeSizeLimitMB=64",
             f"-s3.config={self.workdir / 's3cfg.json'}",
         ]
 
