@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from types import TracebackType
@@ -24,6 +25,18 @@ from virtrigaud.errors import InvalidArgument, OutOfSpace
 
 _GROW_STEP = 64 * 1024 * 1024
 MIB = 1024 * 1024
+_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
+
+
+def parse_size(value: str, field: str) -> int:
+    """``1073741824``, ``512M``, ``20G``, ``1TiB`` -> bytes (suffixes are powers of 1024);
+    the form of every provider's ``scratchLimit`` option."""
+    match = _SIZE.fullmatch(value)
+    if match is None:
+        raise InvalidArgument(f"{field}: {value!r} is not a size (e.g. 20G)")
+    number, unit = int(match.group(1)), match.group(2).upper()
+    scale: int = 1024 ** " KMGT".index(unit or " ")
+    return number * scale
 
 
 class Scratch:

@@ -96,6 +96,10 @@ def resolve(location: pb.StorageLocation) -> ObjectRef:
     return ref
 
 
+# The backends this module (and so every provider using it) reaches.
+STORAGE_BACKENDS = (pb.STORAGE_BACKEND_S3, pb.STORAGE_BACKEND_HTTP, pb.STORAGE_BACKEND_NFS)
+
+
 def open_location(
     location: pb.StorageLocation, allowed_hosts: Iterable[str] = ()
 ) -> tuple[Backend, str]:

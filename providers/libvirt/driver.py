@@ -28,13 +28,14 @@ Storage hosts are checked against ``ProviderConfig.allowed_storage_hosts``.
 from __future__ import annotations
 
 import os
-import re
 import threading
 from collections.abc import Iterable
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from providers.common import checks as common_checks
+from providers.common import transfer
+from providers.common.scratch import parse_size
 from providers.libvirt import checks, exports, imports, inventory, lifecycle, snapshots, volxml
 from providers.libvirt.client import LibvirtClient
 from providers.libvirt.model import DiskInfo, NicInfo, SnapshotInfo, VmInfo
@@ -75,7 +76,6 @@ EXPORT_FORMATS = (
     pb.DISK_FORMAT_VHDX,
 )
 IMPORT_FORMATS = (pb.DISK_FORMAT_QCOW2, pb.DISK_FORMAT_RAW)
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 
 
 def vm_message(vm: VmInfo) -> pb.VM:
@@ -227,11 +227,7 @@ class LibvirtDriver(ProviderDriver):
             export_formats=EXPORT_FORMATS,
             import_formats=IMPORT_FORMATS,
             native_format=pb.DISK_FORMAT_QCOW2,
-            storage_backends=[
-                pb.STORAGE_BACKEND_S3,
-                pb.STORAGE_BACKEND_HTTP,
-                pb.STORAGE_BACKEND_NFS,
-            ],
+            storage_backends=transfer.STORAGE_BACKENDS,
             features=features,
         )
 
@@ -310,16 +306,6 @@ class LibvirtDriver(ProviderDriver):
 
     def close(self) -> None:
         self.client.close()
-
-
-def parse_size(value: str, field: str) -> int:
-    """``1073741824``, ``512M``, ``20G``, ``1TiB`` -> bytes (suffixes are powers of 1024)."""
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise errors.InvalidArgument(f"{field}: {value!r} is not a size (e.g. 20G)")
-    number, unit = int(match.group(1)), match.group(2).upper()
-    scale: int = 1024 ** " KMGT".index(unit or " ")
-    return number * scale
 
 
 def scratch_settings(options: dict[str, str]) -> exports.ScratchSettings:

@@ -41,10 +41,11 @@ Provider options (``ProviderConfig.options``):
 from __future__ import annotations
 
 import os
-import re
 import threading
 
 from providers.common import checks as common_checks
+from providers.common import transfer
+from providers.common.scratch import parse_size
 from providers.proxmox import checks, exports, imports, inventory, lifecycle, snapshots
 from providers.proxmox.api import Credentials, Endpoint, PveApi
 from providers.proxmox.node import LocalNode, NodeAccess, SshNode, SshSettings
@@ -83,7 +84,6 @@ EXPORT_FORMATS = (
     pb.DISK_FORMAT_VHDX,
 )
 IMPORT_FORMATS = (pb.DISK_FORMAT_QCOW2, pb.DISK_FORMAT_RAW)
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 
 
 class ProxmoxDriver(ProviderDriver):
@@ -111,11 +111,7 @@ class ProxmoxDriver(ProviderDriver):
             export_formats=EXPORT_FORMATS,
             import_formats=IMPORT_FORMATS,
             native_format=pb.DISK_FORMAT_QCOW2,
-            storage_backends=[
-                pb.STORAGE_BACKEND_S3,
-                pb.STORAGE_BACKEND_HTTP,
-                pb.STORAGE_BACKEND_NFS,
-            ],
+            storage_backends=transfer.STORAGE_BACKENDS,
             features=FEATURES,
         )
 
@@ -181,16 +177,6 @@ class ProxmoxDriver(ProviderDriver):
 
 
 # -- configuration ---------------------------------------------------------------------
-
-
-def parse_size(value: str, field: str) -> int:
-    """``1073741824``, ``512M``, ``20G`` -> bytes (suffixes are powers of 1024)."""
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise errors.InvalidArgument(f"{field}: {value!r} is not a size (e.g. 20G)")
-    number, unit = int(match.group(1)), match.group(2).upper()
-    scale: int = 1024 ** " KMGT".index(unit or " ")
-    return number * scale
 
 
 def _flag(options: dict[str, str], key: str, default: bool) -> bool:

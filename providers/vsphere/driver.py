@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from providers.common import checks as common_checks
+from providers.common import transfer
 from providers.runtime.driver import ProviderConfig, ProviderDriver
 from providers.runtime.tasks import TaskContext
 from providers.vsphere import (
@@ -182,11 +183,7 @@ class VSphereDriver(ProviderDriver):
             export_formats=EXPORT_FORMATS,
             import_formats=IMPORT_FORMATS,
             native_format=pb.DISK_FORMAT_VMDK,
-            storage_backends=[
-                pb.STORAGE_BACKEND_S3,
-                pb.STORAGE_BACKEND_HTTP,
-                pb.STORAGE_BACKEND_NFS,
-            ],
+            storage_backends=transfer.STORAGE_BACKENDS,
             features=FEATURES,
         )
 

@@ -14,18 +14,17 @@ turns certificate verification off. Without either the system trust store is use
 from __future__ import annotations
 
 import os
-import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from providers.common.scratch import parse_size
 from providers.runtime.driver import ProviderConfig
 from virtrigaud import errors
 
 DEFAULT_PORT = 443
 DEFAULT_PATH = "/sdk"
-_SIZE = re.compile(r"\s*(\d+)\s*([KMGT]?)(?:i?B)?\s*", re.IGNORECASE)
 _TRUE = ("true", "yes", "1")
 _FALSE = ("false", "no", "0", "")
 
@@ -130,16 +129,6 @@ def parse_seconds(options: Mapping[str, str], key: str, default: float) -> float
     if value <= 0:
         raise errors.InvalidArgument(f"{key}: {text!r} is not a positive number of seconds")
     return value
-
-
-def parse_size(value: str, field: str) -> int:
-    """``1073741824``, ``512M``, ``20G``, ``1TiB`` -> bytes (powers of 1024)."""
-    match = _SIZE.fullmatch(value)
-    if match is None:
-        raise errors.InvalidArgument(f"{field}: {value!r} is not a size (e.g. 20G)")
-    number, unit = int(match.group(1)), match.group(2).upper()
-    scale: int = 1024 ** " KMGT".index(unit or " ")
-    return number * scale
 
 
 def from_config(config: ProviderConfig) -> Settings:

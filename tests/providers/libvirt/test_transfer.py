@@ -27,9 +27,10 @@ import pytest
 from manager.providerclient import ProviderClient, RetryPolicy, raise_for_task
 from providers.common import digest
 from providers.common.progress import StagedContext
+from providers.common.scratch import parse_size
 from providers.libvirt import domxml, imports
 from providers.libvirt.client import LibvirtClient
-from providers.libvirt.driver import LibvirtDriver, create, parse_size
+from providers.libvirt.driver import LibvirtDriver, create
 from providers.libvirt.exports import ScratchSettings
 from providers.runtime import server as runtime_server
 from providers.runtime.driver import ProviderConfig
