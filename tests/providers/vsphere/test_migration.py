@@ -12,16 +12,12 @@ compared byte for byte on the target.
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from pyVmomi import vim
 
 from manager.store.sqlite import SQLiteStore
@@ -29,6 +25,7 @@ from providers.libvirt import domxml, volxml
 from tests.providers.vsphere.helpers import Lab, MiB, pattern, qemu_img_raw
 from tests.servers.libvirtd import LibvirtEnv, remove_domain, session_env
 from tests.servers.vcsim import DATASTORE, PORTGROUP, Vcsim
+from tests.support.onemachine import run
 
 REPO = Path(__file__).resolve().parents[3]
 PROVIDER = {"apiVersion": "infra.virtrigaud.io/v1beta1", "kind": "Provider"}
@@ -118,39 +115,15 @@ def _migration(  # noqa: PLR0917 - the manifest's fields
 
 
 def _run(workdir: Path, manifests: list[Any]) -> dict[str, Any]:
-    (workdir / "manifests").mkdir()
-    (workdir / "manifests" / "all.yaml").write_text(yaml.safe_dump_all(manifests))
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "virtrigaud.cli",
-            "run",
-            "-f",
-            str(workdir / "manifests"),
-            "--store",
-            str(workdir / "state.db"),
-            "--timeout",
-            "300",
-        ],
-        cwd=REPO,
-        env={
-            **os.environ,
-            "VIRTRIGAUD_STORAGE_ALLOWED_HOSTS": "127.0.0.1",
-            "PYTHONPATH": str(REPO),
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    proc = run(workdir, manifests, timeout=300)
+    out, err = proc.communicate(timeout=600)
     store = SQLiteStore(workdir / "state.db")
     try:
         migration = store.get("VMMigration", "default", "move")
     finally:
         store.close()
     status = json.dumps(migration.get("status"), indent=1)
-    assert done.returncode == 0, f"{done.stdout}\n{done.stderr}\n{status}"
+    assert proc.returncode == 0, f"{out}\n{err}\n{status}"
     assert migration["status"]["phase"] == "Ready", migration["status"]
     return dict(migration)
 
