@@ -502,10 +502,10 @@ class _ChunkPair:
         """Read the chunk of both images (in the calling thread) and compare."""
         length = self.end - self.start
         a, b = memoryview(buffers.a)[:length], memoryview(buffers.b)[:length]
-        _fill_chunk(
+        fill_chunk(
             self.first, reader, self.first_data, index=self.first_index, start=self.start, chunk=a
         )
-        _fill_chunk(
+        fill_chunk(
             self.second,
             reader,
             self.second_data,
@@ -545,7 +545,7 @@ def _digest_direct(
     # Our own reader is thread-safe: let the hashing threads read too (page-cache copies
     # then overlap the hashing instead of queueing behind one reading thread).
     reads_in_threads = isinstance(reader, FileRangeReader)
-    with _ChunkHashers(tree, threads) as hashers:
+    with ChunkHashers(tree, threads) as hashers:
         for start in range(0, size, CHUNK_SIZE):
             if cancel is not None and cancel.is_set():
                 raise Cancelled("content digest cancelled")
@@ -555,7 +555,7 @@ def _digest_direct(
             if first < len(data) and data[first].start < end:
                 chunk = hashers.buffer()[: end - start]
                 fill = functools.partial(
-                    _fill_chunk, layout, reader, data, index=first, start=start, chunk=chunk
+                    fill_chunk, layout, reader, data, index=first, start=start, chunk=chunk
                 )
                 if reads_in_threads:
                     hashers.add_filled_chunk(fill, chunk)
@@ -569,7 +569,7 @@ def _digest_direct(
     return tree.hexdigest()
 
 
-def _fill_chunk(
+def fill_chunk(
     layout: DataLayout,
     reader: RangeReader,
     data: list[Extent],
@@ -593,7 +593,7 @@ def _fill_chunk(
         chunk[cursor - start :] = _ZERO_VIEW[: end - cursor]
 
 
-class _ChunkHashers:
+class ChunkHashers:
     """Feeds a ContentTree in order while up to ``threads`` chunks are hashed at once.
 
     Chunks are filled into a ring of reusable buffers: at most ``2 x threads`` chunks
@@ -647,7 +647,7 @@ class _ChunkHashers:
             else:
                 self._tree.add_chunk_digest(future.result(), length)
 
-    def __enter__(self) -> _ChunkHashers:
+    def __enter__(self) -> ChunkHashers:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:

@@ -21,26 +21,36 @@ Export (source image ``S`` on the provider host -> object of format ``T``):
 ==================  ==========================================  ====================================
 S \\ T              T = raw                                     T = qcow2, vmdk, vdi, vpc, vhdx
 ==================  ==========================================  ====================================
-raw                 streamed: the file is read sparse-aware     converted before upload into
-                    (holes become zeros without a read) and     scratch, then the file is streamed
-                    sent; content digest in the same pass;      (T is written with random access).
-                    no scratch.
+raw                 streamed: the file is read sparse-aware     T = vmdk (monolithicSparse):
+                    (holes become zeros without a read) and     written by us in the stream
+                    sent; content digest in the same pass;      (``streamed``): metadata first, then
+                    no scratch.                                 the data grains; no scratch.
+                                                                Other T: converted before upload
+                                                                into scratch, then the file is
+                                                                streamed (T is written with random
+                                                                access).
 qcow2, vmdk, vdi,   converted before upload into a sparse raw   T == S and the image is
 vpc, vhdx           scratch file (scratch <= allocated data),   self-contained (no backing chain,
                     then streamed as for a raw source.          no internal snapshot, not dirty,
                                                                 one-file vmdk, no change of
                                                                 subformat/compression asked):
                                                                 streamed as is, no scratch.
+                                                                T = vmdk (monolithicSparse) and S
+                                                                readable directly (not compressed,
+                                                                not vhdx; a backing chain is fine):
+                                                                streamed as for a raw source.
                                                                 Otherwise converted before upload
                                                                 into scratch (flattens a chain).
 ==================  ==========================================  ====================================
 
 Objects are single files: a vmdk object is monolithicSparse (default) or
 streamOptimized, never monolithicFlat. The content digest of an export is computed from
-the source, in a thread running alongside the conversion/upload (raw objects: in the
-same pass as the upload); sources that cannot be read directly (compressed qcow2,
-streamOptimized vmdk, vhdx) are digested from the converted scratch file when that one
-can, else through the digest module's raw-copy fallback.
+the source, in a thread running alongside the conversion/upload (raw objects and streamed
+vmdk: in the same pass as the upload); sources that cannot be read directly (compressed
+qcow2, streamOptimized vmdk, vhdx) are digested from the converted scratch file when that
+one can, else through the digest module's raw-copy fallback. vmdk is the object format
+the streamed path serves: it is what vSphere imports natively, and the usual object of a
+migration to or from it.
 
 Import (object of format ``S`` -> destination image of format ``T``):
 
@@ -51,6 +61,12 @@ S == T (no subformat or    streamed straight into the destination (a staging nam
 compression asked)         directory, renamed at the end); zero blocks become holes; no
                            scratch. The manager should pick T = the target's native format
                            so imports take this row.
+vmdk (monolithicSparse)    decoded while it arrives and written straight into the
+-> qcow2 or raw;           destination (``streamed``: our qcow2 writer / raw in place), no
+raw -> qcow2 (size known)  scratch, no qemu-img convert; the content digest is computed from
+                           the decoded data. A vmdk that cannot be decoded in the stream
+                           (streamOptimized, metadata after the grains, ...) is found out
+                           from its first bytes and falls back to the rows below.
 raw -> any other T         streamed into a sparse raw scratch file (zero blocks are never
                            written, content digest in the same pass), converted after the
                            download (qemu-img cannot read a stream).
@@ -69,7 +85,11 @@ image is read back and compared byte for byte with the received object, whose di
 was computed meanwhile (while qemu-img converted, or a raw object's while it arrived)
 -- equal bytes, equal digest, and a memory compare costs a fraction of a SHA256 pass.
 When either image cannot be read directly (compressed clusters, vhdx), the written
-image is hashed and its digest compared with the object's. A failure at any point
+image is hashed and its digest compared with the object's. A streamed import hashes the
+decoded data as it writes it, then ``qemu-img check`` must find the written image clean
+and ``qemu-img map`` must place every range exactly where it was written (``streamed``).
+A streamed object is never opened by qemu-img: our decoder only takes grains from it,
+so it cannot refer to other files. A failure at any point
 leaves no output file behind, and scratch is removed on every exit path.
 
 Scratch budget: before qemu-img writes a file into scratch, the worst case is reserved
@@ -94,6 +114,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import queue
 import re
@@ -116,7 +137,7 @@ from virtrigaud.errors import (
     TransientError,
 )
 
-from . import digest, qemu_img
+from . import digest, qemu_img, streamed
 from .digest import ContentHasher, DataLayout, TransportHasher
 from .qemu_img import CancelToken, ImageInfo
 from .scratch import MIB, Scratch
@@ -344,6 +365,14 @@ def _export(
     if target == "raw":
         return _export_raw(layout, sink, scratch, ctx, force_share, transport=transport)
     passthrough = _can_pass_through(layout.info, target, subformat, compress)
+    if (
+        not passthrough
+        and target == "vmdk"
+        and subformat in streamed.STREAMED_EXPORT_SUBFORMATS
+        and not compress
+        and layout.direct
+    ):
+        return _export_vmdk_stream(layout, sink, ctx, transport)
     with _Background(ctx.cancel) as background:
         if passthrough:
             obj, conversion = src, "none"
@@ -380,6 +409,34 @@ def _export(
         virtual_size=layout.virtual_size,
         conversion=conversion,
         scratch_reserved=scratch.peak_reserved,
+    )
+
+
+def _export_vmdk_stream(
+    layout: DataLayout, sink: Sink, ctx: _Context, transport: _Transport
+) -> ExportOutcome:
+    """The vmdk is produced while it is sent (``streamed``): no conversion, no scratch."""
+    ctx.stage(STAGE_UPLOADING)
+    writer = sink if isinstance(sink, Writer) else None
+
+    def write(piece: memoryview) -> None:
+        if writer is not None:
+            writer.write(piece)  # storage writers copy what they keep
+        else:
+            sink.write(bytes(piece))
+        transport.update(piece)
+
+    size, content = streamed.export_sparse_vmdk(layout, write, cancel=ctx.cancel, report=ctx.report)
+    ctx.check()
+    return ExportOutcome(
+        format="vmdk",
+        subformat="monolithicSparse",
+        size=size,
+        sha256=transport.hexdigest(),
+        content_sha256=content,
+        virtual_size=layout.virtual_size,
+        conversion="vmdk-stream",
+        scratch_reserved=0,
     )
 
 
@@ -619,6 +676,15 @@ class _ImportRequest:
     expected_content_sha256: str | None
 
     @property
+    def streamed(self) -> bool:
+        """Decoded while it arrives, no scratch (``streamed``)."""
+        return (
+            self.target_format in streamed.STREAMED_IMPORTS.get(self.src_format, ())
+            and self.subformat is None
+            and not self.compress
+        )
+
+    @property
     def passthrough(self) -> bool:
         return (
             self.src_format == self.target_format and self.subformat is None and not self.compress
@@ -628,6 +694,17 @@ class _ImportRequest:
 def _import(
     source: Iterable[bytes], req: _ImportRequest, staged: str, scratch: Scratch, ctx: _Context
 ) -> ImportOutcome:
+    transport = _source_transport(source)
+    chunks = _chunks(source, ctx)
+    prefix: list[bytes] = []
+    if req.streamed:
+        try:
+            return _import_streamed(
+                chunks, transport, req, staged, prefix=prefix, scratch=scratch, ctx=ctx
+            )
+        except streamed.NotStreamable:
+            # Nothing was written yet; ``prefix`` holds every chunk received so far.
+            ctx.report(transport.size, req.size or 0)
     if req.passthrough:
         received = staged
     else:
@@ -635,8 +712,15 @@ def _import(
         if req.size is not None:
             scratch.reserve(req.size, "the downloaded object")
     stream_content = ContentHasher() if req.src_format == "raw" else None
-    transport = _receive(
-        source, received, req=req, content=stream_content, scratch=scratch, ctx=ctx
+    _receive(
+        itertools.chain(prefix, chunks),
+        received,
+        transport,
+        counted=sum(map(len, prefix)),
+        req=req,
+        content=stream_content,
+        scratch=scratch,
+        ctx=ctx,
     )
     virtual = _validate_object(received, req.src_format).virtual_size
     if stream_content is not None:
@@ -736,15 +820,96 @@ def _target_digest(layout: DataLayout, scratch: Scratch, ctx: _Context) -> str:
     )
 
 
-def _receive(
-    source: Iterable[bytes],
-    path: str,
+def _import_streamed(
+    chunks: Iterator[bytes],
+    transport: _Transport,
+    req: _ImportRequest,
+    staged: str,
     *,
+    prefix: list[bytes],
+    scratch: Scratch,
+    ctx: _Context,
+) -> ImportOutcome:
+    """Decode the object while it arrives, straight into the destination (``streamed``).
+
+    Chunks are decoded in the receiving thread until the destination exists (an object
+    refused as not streamable is refused before that, and every chunk received so far is
+    left in ``prefix`` for the scratch path); after that a second thread decodes and
+    writes while this one receives and hashes.
+    """
+    ctx.stage(STAGE_DOWNLOADING)
+    importer = streamed.StreamedImport(req.src_format, req.target_format, staged, size=req.size)
+    behind: _WriteBehind | None = None
+    try:
+        for chunk in chunks:
+            _count(transport, chunk, req)
+            if behind is not None:
+                behind.put(chunk)
+            else:
+                prefix.append(chunk)
+                importer.feed(chunk)
+                if importer.started:
+                    prefix.clear()
+                    behind = _WriteBehind(importer.feed)
+            ctx.report(transport.size, req.size or 0)
+        if behind is not None:
+            behind.finish()
+        _check_received(transport, req)
+        ctx.stage(STAGE_VERIFYING)
+        result = importer.finish()
+    except streamed.NotStreamable as exc:
+        if importer.started:
+            importer.abort()
+            raise InternalError(f"streamed import refused the object after writing: {exc}") from exc
+        raise
+    except BaseException:
+        if behind is not None:
+            behind.stop()
+        importer.abort()
+        raise
+    content = result.content_sha256
+    if content is None:
+        content = _target_digest(digest.data_layout(staged, req.target_format), scratch, ctx)
+    return ImportOutcome(
+        path=staged,
+        format=req.target_format,
+        size=transport.size,
+        sha256=transport.hexdigest(),
+        content_sha256=content,
+        virtual_size=result.virtual_size,
+        conversion="stream",
+        scratch_reserved=0,
+    )
+
+
+def _count(transport: _Transport, chunk: bytes, req: _ImportRequest) -> None:
+    transport.update(chunk)
+    if req.size is not None and transport.size > req.size:
+        raise ChecksumMismatch(f"object is longer than the expected {req.size} bytes")
+
+
+def _check_received(transport: _Transport, req: _ImportRequest) -> None:
+    if req.size is not None and transport.size != req.size:
+        raise ChecksumMismatch(f"object truncated: {transport.size} of {req.size} bytes received")
+    if transport.hexdigest() != req.expected_sha256:
+        raise ChecksumMismatch(
+            f"object SHA256 is {transport.hexdigest()}, expected {req.expected_sha256}"
+        )
+
+
+def _receive(
+    chunks: Iterable[bytes],
+    path: str,
+    transport: _Transport,
+    *,
+    counted: int,
     req: _ImportRequest,
     content: ContentHasher | None,
     scratch: Scratch,
     ctx: _Context,
-) -> _Transport:
+) -> None:
+    """Store the object's bytes in ``path``; the first ``counted`` bytes of ``chunks``
+    were already counted (and hashed) by ``transport``."""
     ctx.stage(STAGE_DOWNLOADING)
     streamed_to_scratch = not req.passthrough and req.size is None
     writer = SparseWriter(
@@ -752,33 +917,32 @@ def _receive(
         on_allocate=scratch.allocate if streamed_to_scratch else None,
         durable=req.passthrough,  # a scratch copy is worthless after a crash: no fsync
     )
-    transport = _source_transport(source)
-    total = req.size or 0
-    behind = _WriteBehind(writer, content)
+
+    def consume(chunk: bytes) -> None:
+        writer.write(chunk)
+        if content is not None:
+            content.update(chunk)
+
+    behind = _WriteBehind(consume)
     try:
-        for chunk in _chunks(source, ctx):
-            transport.update(chunk)
-            if req.size is not None and transport.size > req.size:
-                raise ChecksumMismatch(f"object is longer than the expected {req.size} bytes")
+        for chunk in chunks:
+            if counted > 0:
+                counted -= len(chunk)
+            else:
+                _count(transport, chunk, req)
             behind.put(chunk)
-            ctx.report(transport.size, total)
+            ctx.report(transport.size, req.size or 0)
         behind.finish()
         writer.close()
     except BaseException:
         behind.stop()
         writer.abort()
         raise
-    if req.size is not None and transport.size != req.size:
-        raise ChecksumMismatch(f"object truncated: {transport.size} of {req.size} bytes received")
-    if transport.hexdigest() != req.expected_sha256:
-        raise ChecksumMismatch(
-            f"object SHA256 is {transport.hexdigest()}, expected {req.expected_sha256}"
-        )
-    return transport
+    _check_received(transport, req)
 
 
 class _WriteBehind:
-    """Writes received chunks (and feeds the stream's content digest) on its own thread.
+    """Writes received chunks (``consume``: store, hash, decode) on its own thread.
 
     The receiving thread -- which also hashes the stream, in the storage reader or here --
     hands every chunk over through a queue of at most ``_WRITE_BEHIND_CHUNKS`` chunks,
@@ -788,9 +952,8 @@ class _WriteBehind:
     queue meanwhile, so the receiving thread never blocks on a dead consumer.
     """
 
-    def __init__(self, writer: SparseWriter, content: ContentHasher | None) -> None:
-        self._writer = writer
-        self._content = content
+    def __init__(self, consume: Callable[[bytes], None]) -> None:
+        self._consume = consume
         self._queue: queue.Queue[bytes | None] = queue.Queue(_WRITE_BEHIND_CHUNKS)
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = threading.Thread(
@@ -819,9 +982,7 @@ class _WriteBehind:
             if self._error is not None:
                 continue  # drained unwritten: the receiving thread raises the error
             try:
-                self._writer.write(chunk)
-                if self._content is not None:
-                    self._content.update(chunk)
+                self._consume(chunk)
             except BaseException as exc:  # handed to the receiving thread
                 self._error = exc
 

@@ -222,7 +222,7 @@ def test_export_scratch_limit_is_enforced(images: ImageSet, scratch_dir: Path) -
     sink = MemorySink()
     with pytest.raises(OutOfSpace, match="scratch limit"):
         pipeline.export_image(
-            images.path("qcow2"), "qcow2", "vmdk", sink, scratch_dir=scratch_dir, scratch_limit=MIB
+            images.path("qcow2"), "qcow2", "vdi", sink, scratch_dir=scratch_dir, scratch_limit=MIB
         )
     assert sink.state == "aborted" and sink.data == bytearray()
     assert listing(scratch_dir) == []
@@ -375,7 +375,7 @@ def test_content_mismatch_leaves_nothing(
         # Both images readable directly: compared byte for byte.
         ("qcow2", "raw", "differs from the received object at virtual offset"),
         ("raw", "qcow2", "differs from the received object at virtual offset"),
-        ("vmdk-sparse", "qcow2", "differs from the received object at virtual offset"),
+        ("vmdk-sparse", "vdi", "differs from the received object at virtual offset"),
         # vhdx cannot be read directly: its digest is compared with the object's.
         ("qcow2", "vhdx", "differs from the received data"),
     ],

@@ -1,0 +1,377 @@
+"""Write a qcow2 image directly from a stream of guest data (no scratch copy, no convert).
+
+Data clusters are appended to the file in arrival order; all metadata is written by
+``close``. The file produced (qcow2 version 3, what ``qemu-img create -f qcow2`` 7.2
+writes minus the optional feature-name table) is, in host clusters::
+
+    0                header: 112 bytes (compression_type zlib) + end-of-extensions marker
+    1 .. D           the D stored data clusters, in the order they were flushed
+    D+1 .. D+L       one L2 table per 512 MiB guest range holding data, ascending
+    ..               the L1 table (ceil(virtual_size / 512 MiB) entries; none if empty)
+    ..               refcount blocks (16-bit; each covers 32768 clusters = 2 GiB of file)
+    last             the refcount table (as many clusters as the blocks need)
+
+Every cluster of the file is referenced exactly once, so every refcount is 1 and every
+L1 and L2 entry carries the COPIED flag. The refcount structures count themselves; their
+size is the fixed point computed by ``refcount_layout``. All-zero guest clusters are not
+stored (L2 entry 0 reads as zeros: there is no backing file). The header is written last
+(after an fsync when durable), so a crash leaves a file that is no image at all rather
+than a wrong one.
+
+Virtual size: qemu keeps the size in bytes but reads it as whole 512-byte sectors, so a
+size that is not a multiple of 512 would hide the tail (``qemu-img create`` rounds up);
+it is refused, as is anything above qemu's L1 limit (2 PiB with 64 KiB clusters).
+
+Memory: 8 bytes per stored cluster (its L2 slot and host cluster) plus a 1 KiB
+"written" bitmap per touched 512 MiB guest range and one cluster of assembly buffer.
+Data is never held beyond the cluster being assembled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import sys
+from array import array
+from dataclasses import dataclass
+from types import TracebackType
+
+from virtrigaud.errors import AlreadyExists, InternalError, InvalidArgument
+
+from . import qemu_img
+from .sparsefile import is_zero, os_error
+
+CLUSTER_BITS = 16
+CLUSTER_SIZE = 1 << CLUSTER_BITS
+SECTOR = 512
+COPIED = 1 << 63
+MAX_L1_BYTES = 32 * 1024 * 1024  # qemu's QCOW_MAX_L1_SIZE
+MAX_REFTABLE_BYTES = 8 * 1024 * 1024  # qemu's QCOW_MAX_REFTABLE_SIZE
+REFCOUNT_ORDER = 4  # 16-bit refcounts
+HEADER_LENGTH = 112
+_HEADER = struct.Struct(">4sIQIIQIIQQIIQQQQIIB7xII")  # v3 header + end-of-extensions
+
+
+_Seg = tuple[int, int, int | None]  # guest start, guest end, host offset of start or None
+
+
+@dataclass(frozen=True)
+class MappedRun:
+    """Guest range ``[start, start + length)`` stored at host offset ``host``."""
+
+    start: int
+    length: int
+    host: int
+
+
+def refcount_layout(
+    clusters: int, *, per_block: int = CLUSTER_SIZE // 2, per_table_cluster: int = CLUSTER_SIZE // 8
+) -> tuple[int, int]:
+    """(refcount blocks, refcount table clusters) for a file of ``clusters`` clusters plus
+    these structures themselves: the least fixed point of blocks = ceil(total / per_block),
+    table = ceil(blocks / per_table_cluster), total = clusters + blocks + table."""
+    blocks = table = 0
+    while True:
+        need_blocks = _ceil_div(clusters + blocks + table, per_block)
+        need_table = _ceil_div(need_blocks, per_table_cluster)
+        if (need_blocks, need_table) == (blocks, table):
+            return blocks, table
+        blocks, table = need_blocks, need_table
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Qcow2StreamWriter:
+    """A new qcow2 image written while its guest data arrives (see the module docstring).
+
+    ``cluster_bits`` is 16 (``CLUSTER_SIZE``) in production; tests may pick a smaller
+    cluster size to exercise many L2 tables and refcount blocks with little data.
+    """
+
+    def __init__(
+        self, path: str, virtual_size: int, *, durable: bool = True, cluster_bits: int = 16
+    ) -> None:
+        if not 9 <= cluster_bits <= 21:
+            raise InvalidArgument(f"cluster_bits must be 9..21 (as in qemu), got {cluster_bits}")
+        self.path = path
+        self.virtual_size = virtual_size
+        self._bits = cluster_bits
+        self._cs = 1 << cluster_bits
+        self._l2_bits = cluster_bits - 3  # an L2 table (one cluster) has cs/8 entries
+        self._l1_size = _ceil_div(virtual_size, self._cs << self._l2_bits)
+        limit = (MAX_L1_BYTES // 8) << (self._l2_bits + cluster_bits)
+        if virtual_size < 0 or virtual_size % SECTOR or virtual_size > limit:
+            raise InvalidArgument(
+                f"qcow2 virtual size must be a multiple of {SECTOR} bytes between 0 and "
+                f"{limit} (qemu reads it in 512-byte sectors and caps the L1 table), "
+                f"got {virtual_size}"
+            )
+        self._durable = durable
+        self._buf = bytearray(self._cs)  # the cluster being assembled
+        self._cur: int | None = None  # its guest cluster index
+        self._fill = 0  # end of the last write into it
+        self._next_host = 1  # cluster 0 is the header
+        self._entries: dict[int, array[int]] = {}  # l1 index -> host << l2_bits | slot
+        self._seen: dict[int, bytearray] = {}  # l1 index -> bitmap of flushed/claimed slots
+        self._state = "open"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._fd: int | None = os.open(path, flags, 0o600)
+        except FileExistsError as exc:
+            raise AlreadyExists(f"output image {path} already exists") from exc
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+    @property
+    def data_bytes(self) -> int:
+        """Bytes of stored data clusters (all-zero clusters are not stored)."""
+        return (self._next_host - 1) * self._cs
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        """Guest ``data`` at guest ``offset``, any alignment and length. Clusters may come
+        in any order, but within the cluster being assembled writes must ascend (gaps read
+        as zeros), and a cluster left for another one is flushed and cannot be written
+        again (InvalidArgument; a write spanning clusters may then be partly applied, the
+        writer stays consistent). All-zero clusters are not stored."""
+        self._require("open", "write to")
+        view = memoryview(data).cast("B")
+        if offset < 0 or offset + len(view) > self.virtual_size:
+            raise InvalidArgument(
+                f"write of {len(view)} bytes at guest offset {offset} is outside the virtual "
+                f"disk of {self.virtual_size} bytes"
+            )
+        pos = 0
+        while pos < len(view):
+            cluster, within = divmod(offset + pos, self._cs)
+            take = min(len(view) - pos, self._cs - within)
+            piece = view[pos : pos + take]
+            pos += take
+            if cluster != self._cur:
+                self._flush()
+                self._claim(cluster)
+                if take == self._cs:  # a whole cluster: store from the caller's buffer
+                    self._store(cluster, piece)
+                    continue
+                self._cur = cluster
+            elif within < self._fill:
+                raise InvalidArgument(
+                    f"write at guest offset {offset + pos - take} goes back into guest cluster "
+                    f"{cluster}, already written up to offset {cluster * self._cs + self._fill}"
+                    ": writes within a cluster must ascend"
+                )
+            self._buf[within : within + take] = piece
+            self._fill = within + take
+
+    def close(self) -> None:
+        """Flush the partial cluster, write L2, L1, refcounts, then the header; fsync if
+        durable. A second close does nothing; on failure the file is left for ``abort``."""
+        if self._state == "closed":
+            return
+        self._require("open", "close")
+        self._state = "failed"
+        try:
+            self._flush()
+            self._finish()
+        except OSError as exc:
+            raise os_error(exc, self.path) from exc
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+        self._state = "closed"
+
+    def abort(self) -> None:
+        """Close the file and delete it (no error if it is already gone)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self._state = "aborted"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def mapping(self) -> list[MappedRun]:
+        """After close: stored data as runs sorted by guest offset, merged where adjacent
+        in both guest and host space, clipped to the virtual size."""
+        self._require("closed", "map")
+        runs: list[MappedRun] = []
+        mask = (1 << self._l2_bits) - 1
+        for l1 in sorted(self._entries):
+            for value in sorted(self._entries[l1], key=lambda v: v & mask):
+                start = ((l1 << self._l2_bits) + (value & mask)) * self._cs
+                host = (value >> self._l2_bits) * self._cs
+                length = min(self._cs, self.virtual_size - start)
+                last = runs[-1] if runs else None
+                if last and last.start + last.length == start and last.host + last.length == host:
+                    runs[-1] = MappedRun(last.start, last.length + length, last.host)
+                else:
+                    runs.append(MappedRun(start, length, host))
+        return runs
+
+    def __enter__(self) -> Qcow2StreamWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None:
+            self.abort()
+            return
+        try:
+            self.close()
+        except BaseException:
+            self.abort()
+            raise
+
+    # ------------------------------------------------------------ internals
+
+    def _require(self, state: str, action: str) -> None:
+        if self._state != state:
+            raise InternalError(f"cannot {action} qcow2 image {self.path}: it is {self._state}")
+
+    def _claim(self, cluster: int) -> None:
+        l1, slot = divmod(cluster, 1 << self._l2_bits)
+        bitmap = self._seen.setdefault(l1, bytearray(1 << (self._l2_bits - 3)))
+        if bitmap[slot >> 3] & (1 << (slot & 7)):
+            raise InvalidArgument(
+                f"guest cluster {cluster} (offset {cluster * self._cs}) was already written "
+                "and flushed: a stream may not rewrite a cluster"
+            )
+        bitmap[slot >> 3] |= 1 << (slot & 7)
+
+    def _flush(self) -> None:
+        if self._cur is not None:
+            cluster, self._cur = self._cur, None
+            self._store(cluster, memoryview(self._buf))
+            self._buf[: self._fill] = bytes(self._fill)
+            self._fill = 0
+
+    def _store(self, cluster: int, data: bytes | memoryview) -> None:
+        if is_zero(data):
+            return
+        host = self._next_host
+        self._pwrite(data, host * self._cs)
+        self._next_host += 1
+        l1, slot = divmod(cluster, 1 << self._l2_bits)
+        self._entries.setdefault(l1, array("Q")).append(host << self._l2_bits | slot)
+
+    def _finish(self) -> None:
+        cs, l1_indexes = self._cs, sorted(self._entries)
+        first_l2 = self._next_host
+        l1_host = first_l2 + len(l1_indexes)
+        l1_clusters = _ceil_div(self._l1_size * 8, cs)
+        ref_first = l1_host + l1_clusters
+        blocks, table = refcount_layout(ref_first, per_block=cs // 2, per_table_cluster=cs // 8)
+        total = ref_first + blocks + table
+        if table * cs > MAX_REFTABLE_BYTES:
+            raise InvalidArgument(f"{self.path}: {total} clusters exceed qemu's refcount limit")
+        mask = (1 << self._l2_bits) - 1
+        l1_table = array("Q", bytes(l1_clusters * cs))
+        for i, l1 in enumerate(l1_indexes):
+            l2 = array("Q", bytes(cs))
+            for value in self._entries[l1]:
+                l2[value & mask] = (value >> self._l2_bits) * cs | COPIED
+            self._pwrite(_big_endian(l2), (first_l2 + i) * cs)
+            l1_table[l1] = (first_l2 + i) * cs | COPIED
+        if l1_clusters:
+            self._pwrite(_big_endian(l1_table), l1_host * cs)
+        per_block = cs // 2
+        for b in range(blocks):
+            count = min(per_block, total - b * per_block)
+            self._pwrite(b"\x00\x01" * count + bytes(cs - 2 * count), (ref_first + b) * cs)
+        reftable = array("Q", bytes(table * cs))
+        for b in range(blocks):
+            reftable[b] = (ref_first + b) * cs
+        self._pwrite(_big_endian(reftable), (ref_first + blocks) * cs)
+        assert self._fd is not None
+        if self._durable:
+            os.fsync(self._fd)  # metadata on disk before the header that points at it
+        header = _HEADER.pack(
+            *(b"QFI\xfb", 3, 0, 0, self._bits, self.virtual_size, 0, self._l1_size),
+            *(l1_host * cs if l1_clusters else 0, (ref_first + blocks) * cs, table, 0, 0),
+            *(0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH, 0, 0, 0),
+        )
+        self._pwrite(header, 0)
+        if self._durable:
+            os.fsync(self._fd)
+
+    def _pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
+        if self._fd is None:
+            raise InternalError(f"qcow2 image {self.path} is not open")
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.pwrite(self._fd, view, offset)
+            except OSError as exc:
+                raise os_error(exc, self.path) from exc
+            view, offset = view[written:], offset + written
+
+
+def _big_endian(values: array[int]) -> bytes:
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values.tobytes()
+
+
+def map_matches(path: str, expected: list[MappedRun], virtual_size: int) -> str | None:
+    """None when ``qemu-img map`` of the qcow2 ``path`` shows exactly ``expected`` (data at
+    those host offsets, zeros elsewhere), else a one-line description of the first
+    difference."""
+    want: list[_Seg] = []
+    pos = 0
+    for run in sorted(expected, key=lambda r: r.start):
+        if run.start < pos or run.length <= 0 or run.start + run.length > virtual_size:
+            raise InvalidArgument(f"expected mapping run {run} overlaps or is out of range")
+        want += [(pos, run.start, None), (run.start, run.start + run.length, run.host)]
+        pos = run.start + run.length
+    want.append((pos, virtual_size, None))
+    got = _qemu_segments(path)
+    if isinstance(got, str):
+        return got
+    i = j = pos = 0
+    while pos < virtual_size:
+        while j < len(want) and want[j][1] <= pos:
+            j += 1
+        if i == len(got):
+            return f"qemu-img map ends at guest offset {pos}, expected {virtual_size} bytes"
+        mine, theirs = _at(want[j], pos), _at(got[i], pos)
+        if mine[1] != theirs[1]:
+            return f"guest offset {pos}: qemu-img map has {_say(theirs)}, expected {_say(mine)}"
+        pos += min(mine[0], theirs[0])
+        i += got[i][1] <= pos
+    if got and got[-1][1] > virtual_size:
+        return f"qemu-img map goes on to guest offset {got[-1][1]}, past {virtual_size} bytes"
+    return None
+
+
+def _qemu_segments(path: str) -> list[_Seg] | str:
+    """``qemu-img map`` of a qcow2 as segments, or what is wrong with it."""
+    got: list[_Seg] = []
+    for ext in qemu_img.map(path, "qcow2"):
+        if ext.length == 0:
+            continue
+        if ext.start != (got[-1][1] if got else 0):
+            return f"guest offset {ext.start}: qemu-img map does not continue the previous extent"
+        if ext.data and not ext.zero and ext.depth == 0 and ext.offset is not None:
+            got.append((ext.start, ext.end, ext.offset))
+        elif not ext.data and ext.zero:
+            got.append((ext.start, ext.end, None))
+        else:
+            return f"guest offset {ext.start}: qemu-img map reports an unexpected extent {ext}"
+    return got
+
+
+def _at(seg: _Seg, pos: int) -> tuple[int, int | None]:
+    """(bytes left, host offset or None for zeros) of a segment seen from guest ``pos``."""
+    start, end, host = seg
+    return end - pos, None if host is None else host + pos - start
+
+
+def _say(view: tuple[int, int | None]) -> str:
+    length, host = view
+    return f"{'zeros' if host is None else f'data at host offset {host}'} for {length} bytes"

@@ -1,0 +1,320 @@
+"""Format conversions done in the stream: no qemu-img run, no scratch file.
+
+qemu-img can neither write nor read a pipe (``pipeline`` module docstring), so the
+default way to change an image's format around a transfer is a scratch file converted
+before the upload or after the download: the transfer waits for the conversion, and
+scratch must hold a copy of the data. For the commonest pairs we write and read the
+formats ourselves, in the same pass as the transfer:
+
+- **export to a monolithicSparse vmdk** from a source whose data can be read directly
+  (raw, uncompressed qcow2, ...: ``DataLayout.direct``): the allocation map is known
+  before any data is read, so the whole vmdk metadata goes first and the grains follow
+  in guest order (``vmdkstream.SparseVmdkLayout``). The source is read once, chunk by
+  chunk, and every chunk feeds the content digest (in a hashing thread) and the sink.
+- **import of a monolithicSparse vmdk or a raw object into qcow2 or raw**: the object is
+  decoded as it arrives (``vmdkstream.SparseVmdkStreamReader``: metadata first, then the
+  grains) and the guest data is written straight into the destination
+  (``qcow2stream.Qcow2StreamWriter`` appends data clusters and writes the qcow2 metadata
+  at the end; a raw destination is written in place, holes left for zeros). The content
+  digest is computed from the decoded data while it is written.
+
+Verification of a streamed import: every byte written was hashed into the content digest
+on its way into the file; the written image is then checked by qemu itself -- ``qemu-img
+check`` must find it clean (refcounts included: a wrong refcount would make a hypervisor
+overwrite live data later) and ``qemu-img map`` must place every guest range exactly at
+the host offset it was written to, and nothing else. Equal placement of hashed bytes is
+the same proof as hashing the written image again, without the second pass.
+
+Not streamable, and taken by the scratch path instead: compressed or multi-file vmdk
+(streamOptimized, monolithicFlat), a vmdk whose metadata does not precede its grains,
+other formats, and a vmdk whose grains are not in guest order when the destination is
+raw (the content digest is then computed from the written image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from virtrigaud.errors import Cancelled, ChecksumMismatch, InternalError
+
+from . import qemu_img
+from .digest import (
+    CHUNK_SIZE,
+    ChunkHashers,
+    ContentHasher,
+    ContentTree,
+    DataLayout,
+    FileRangeReader,
+    fill_chunk,
+)
+from .qcow2stream import Qcow2StreamWriter, map_matches
+from .qemu_img import CancelToken
+from .sparsefile import ZERO_BLOCK, os_error
+from .vmdkstream import GRAIN_SIZE, NotStreamable, SparseVmdkLayout, SparseVmdkStreamReader
+
+Report = Callable[[int, int], None]
+_SECTOR = 512
+
+# Export: (source has a direct layout) and target is one of these.
+STREAMED_EXPORT_SUBFORMATS = (None, "monolithicSparse")
+# Import: object format -> destination formats written in the stream.
+STREAMED_IMPORTS = {"vmdk": ("qcow2", "raw"), "raw": ("qcow2",)}
+
+__all__ = [
+    "STREAMED_EXPORT_SUBFORMATS",
+    "STREAMED_IMPORTS",
+    "NotStreamable",
+    "StreamedImport",
+    "export_sparse_vmdk",
+]
+
+
+# ---------------------------------------------------------------- export
+
+
+def export_sparse_vmdk(
+    layout: DataLayout,
+    write: Callable[[memoryview], None],
+    *,
+    cancel: CancelToken,
+    report: Report,
+    name: str = "disk.vmdk",
+) -> tuple[int, str]:
+    """Write ``layout``'s image as a monolithicSparse vmdk to ``write``.
+
+    Returns the object size and the content digest of the source. ``write`` must copy
+    what it keeps (the buffers are reused).
+    """
+    if not layout.direct:
+        raise InternalError("a streamed vmdk export needs a directly readable source")
+    size = layout.virtual_size
+    data = [e for e in layout.extents if not e.zero]
+    vmdk = SparseVmdkLayout(size, [(e.start, e.end) for e in data], name=name)
+    total = vmdk.object_size
+    sent = 0
+
+    def emit(piece: memoryview) -> None:
+        nonlocal sent
+        write(piece)
+        sent += len(piece)
+        report(sent, total)
+
+    emit(memoryview(vmdk.header))
+    grains = vmdk.grains
+    per_chunk = CHUNK_SIZE // GRAIN_SIZE
+    tree = ContentTree(size)
+    g = first = 0
+    # Two hashing threads: the content digest of a chunk runs while the next one is read
+    # and sent (hashlib and preadv release the GIL).
+    with FileRangeReader() as reader, ChunkHashers(tree, threads=2) as hashers:
+        for start in range(0, size, CHUNK_SIZE):
+            if cancel.is_set():
+                raise Cancelled("transfer cancelled")
+            end = min(start + CHUNK_SIZE, size)
+            while first < len(data) and data[first].end <= start:
+                first += 1
+            if not (first < len(data) and data[first].start < end):
+                hashers.add_zero_chunk(end - start)
+                continue
+            buffer = hashers.buffer()
+            chunk = buffer[: end - start]
+            fill_chunk(layout, reader, data, index=first, start=start, chunk=chunk)
+            if end - start < CHUNK_SIZE:
+                buffer[end - start :] = bytes(CHUNK_SIZE - (end - start))  # last grain's pad
+            hashers.add_chunk(chunk)
+            base = start // GRAIN_SIZE
+            while g < len(grains) and grains[g] < base + per_chunk:
+                run = g
+                while g + 1 < len(grains) and grains[g + 1] == grains[g] + 1:
+                    if grains[g + 1] >= base + per_chunk:
+                        break
+                    g += 1
+                g += 1
+                emit(
+                    buffer[
+                        (grains[run] - base) * GRAIN_SIZE : (grains[g - 1] - base + 1) * GRAIN_SIZE
+                    ]
+                )
+    if g != len(grains) or sent != total:
+        raise InternalError(f"streamed vmdk: {sent} of {total} bytes, {g} of {len(grains)} grains")
+    return sent, tree.hexdigest()
+
+
+# ---------------------------------------------------------------- import
+
+
+class _Destination(Protocol):
+    def write(self, offset: int, data: bytes | memoryview) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class RawImageWriter:
+    """A new raw image written at guest offsets; zero blocks stay holes."""
+
+    def __init__(self, path: str, virtual_size: int, *, durable: bool = True) -> None:
+        self.path = path
+        self.virtual_size = virtual_size
+        self.data_bytes = 0
+        self._durable = durable
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._fd: int | None = os.open(path, flags, 0o600)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+
+    def write(self, offset: int, data: bytes | memoryview) -> None:
+        assert self._fd is not None, "write after close"
+        view = memoryview(data)
+        for pos in range(0, len(view), ZERO_BLOCK):
+            block = view[pos : pos + ZERO_BLOCK]
+            if block[0] == 0 and block == bytes(len(block)):
+                continue
+            self._pwrite(block, offset + pos)
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, self.virtual_size)
+            if self._durable:
+                os.fsync(fd)
+        except OSError as exc:
+            raise os_error(exc, self.path) from exc
+        finally:
+            os.close(fd)
+
+    def abort(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+
+    def _pwrite(self, view: memoryview, offset: int) -> None:
+        assert self._fd is not None
+        while view:
+            try:
+                n = os.pwrite(self._fd, view, offset)
+            except OSError as exc:
+                raise os_error(exc, self.path) from exc
+            view, offset = view[n:], offset + n
+            self.data_bytes += n
+
+
+@dataclass(frozen=True)
+class StreamedResult:
+    virtual_size: int
+    content_sha256: str | None  # None: not computable in the stream (grains out of order)
+
+
+class StreamedImport:
+    """Decodes an object's bytes as they arrive and writes the guest data to ``path``.
+
+    ``feed`` the object's bytes in order, then ``finish``. The destination is created at
+    the first guest data (a vmdk's virtual size is in its header; a raw object's is its
+    ``size``, which must then be known). Raises ``NotStreamable`` from ``feed`` before
+    anything is written when the object cannot be decoded in the stream; its
+    ``consumed`` holds every byte fed, for the caller's fallback.
+    """
+
+    def __init__(self, src_format: str, target_format: str, path: str, *, size: int | None) -> None:
+        if target_format not in STREAMED_IMPORTS.get(src_format, ()):
+            raise InternalError(f"{src_format} -> {target_format} is not streamed")
+        if src_format == "raw" and size is None:
+            raise NotStreamable("a raw object of unknown size", consumed=b"")
+        self._target = target_format
+        self._path = path
+        self._parser = SparseVmdkStreamReader() if src_format == "vmdk" else None
+        self._raw_pos = 0
+        # A raw object is the disk (qemu pads it to a whole sector); a vmdk says in its header.
+        self._virtual: int | None = None
+        if src_format == "raw" and size is not None:
+            self._virtual = -(-size // _SECTOR) * _SECTOR
+        self._dest: _Destination | None = None
+        self._content: ContentHasher | None = None
+        self._hashed = 0  # guest bytes fed to the content digest, in order
+
+    @property
+    def started(self) -> bool:
+        """The destination exists: from now on the object is decoded in the stream."""
+        return self._dest is not None
+
+    def feed(self, data: bytes) -> None:
+        for offset, decoded in self._decode(data):
+            dest = self._dest or self._open()
+            piece = decoded[: max(self._size - offset, 0)]  # no padding past the end
+            if not piece:
+                continue
+            dest.write(offset, piece)
+            if self._content is not None:
+                if offset < self._hashed:
+                    self._content = None  # out of order: hash the written image instead
+                else:
+                    self._content.update_zeros(offset - self._hashed)
+                    self._content.update(piece)
+                    self._hashed = offset + len(piece)
+
+    def finish(self) -> StreamedResult:
+        """End of the object: close and verify the destination (see module docstring)."""
+        if self._parser is not None:
+            self._parser.finish()
+        dest = self._dest or self._open()
+        dest.close()
+        size = self._size
+        if isinstance(dest, Qcow2StreamWriter):
+            check = qemu_img.check(self._path, "qcow2")
+            if not check.clean:
+                raise ChecksumMismatch(
+                    f"the written qcow2 image is not clean: {check.corruptions} corruptions, "
+                    f"{check.leaks} leaked clusters, {check.check_errors} check errors"
+                )
+            problem = map_matches(self._path, dest.mapping(), size)
+            if problem is not None:
+                raise ChecksumMismatch(
+                    f"the written qcow2 image does not map as written: {problem}"
+                )
+        if self._content is None:
+            return StreamedResult(size, None)
+        self._content.update_zeros(size - self._hashed)
+        return StreamedResult(size, self._content.hexdigest())
+
+    def abort(self) -> None:
+        if self._dest is not None:
+            self._dest.abort()
+
+    @property
+    def _size(self) -> int:
+        if self._virtual is None:
+            raise InternalError("virtual size not known yet")
+        return self._virtual
+
+    def _decode(self, data: bytes) -> Iterator[tuple[int, memoryview]]:
+        if self._parser is None:
+            offset, self._raw_pos = self._raw_pos, self._raw_pos + len(data)
+            if self._raw_pos > self._size:
+                raise ChecksumMismatch(f"raw object longer than its size {self._size}")
+            yield offset, memoryview(data)
+            return
+        yield from self._parser.feed(data)
+        if self._dest is None and self._parser.grains_ascending is not None:
+            self._open()  # metadata parsed: nothing is buffered from here on
+
+    def _open(self) -> _Destination:
+        if self._virtual is None and self._parser is not None:
+            self._virtual = self._parser.virtual_size
+        size = self._size
+        if self._target == "qcow2":
+            self._dest = Qcow2StreamWriter(self._path, size)
+        else:
+            self._dest = RawImageWriter(self._path, size)
+        if self._parser is None or self._parser.grains_ascending is not False:
+            self._content = ContentHasher(size)
+        return self._dest
