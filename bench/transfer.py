@@ -126,6 +126,10 @@ def _ours_import(cfg: dict[str, Any], key: str, work: Path, stage: Stage) -> tup
         size=info.size,
         scratch_dir=work,
         on_stage=stage,
+        # As the providers call it (transfer.import_from_storage): the image is copied
+        # into the hypervisor's storage next, so it is not flushed -- nor is the naive
+        # chain's (qemu-img convert writes with cache=unsafe).
+        durable=False,
     )
     dest.unlink()
     return info.size, out.scratch_reserved

@@ -172,56 +172,76 @@ class ContentTree:
 
 
 class ContentHasher:
-    """The content digest of raw virtual disk bytes arriving in order, in any pieces."""
+    """The content digest of raw virtual disk bytes arriving in order, in any pieces.
 
-    def __init__(self, virtual_size: int | None = None) -> None:
+    Pieces are gathered into 4 MiB chunks in a reused buffer (no copies beyond that one);
+    zero runs fill it without being read. ``threads > 0`` hashes chunks in that many
+    background threads (hashlib releases the GIL) while the caller goes on; ``hexdigest``
+    waits for them, ``close`` stops them (an abandoned digest).
+    """
+
+    def __init__(self, virtual_size: int | None = None, *, threads: int = 0) -> None:
         self._tree = ContentTree(virtual_size)
-        self._buffer = bytearray()
+        self._hashers = ChunkHashers(self._tree, max(threads, 1), background=threads > 0)
+        self._buf = self._hashers.buffer()
+        self._fill = 0
+        self._background = threads > 0
         self.size = 0
 
     def update(self, data: bytes | memoryview) -> None:
-        self.size += len(data)
+        view = memoryview(data).cast("B")
+        self.size += len(view)
         pos = 0
-        if self._buffer:
-            pos = min(CHUNK_SIZE - len(self._buffer), len(data))
-            self._buffer += data[:pos]
-            self._flush_full()
-        while len(data) - pos >= CHUNK_SIZE:
-            self._add(data[pos : pos + CHUNK_SIZE])
-            pos += CHUNK_SIZE
-        if pos < len(data):
-            self._buffer += data[pos:]
+        while pos < len(view):
+            if not self._fill and not self._background and len(view) - pos >= CHUNK_SIZE:
+                self._add(view[pos : pos + CHUNK_SIZE])  # a whole chunk: hashed in place
+                pos += CHUNK_SIZE
+                continue
+            take = min(CHUNK_SIZE - self._fill, len(view) - pos)
+            self._buf[self._fill : self._fill + take] = view[pos : pos + take]
+            self._fill += take
+            pos += take
+            if self._fill == CHUNK_SIZE:
+                self._emit()
 
     def update_zeros(self, count: int) -> None:
         """``count`` zero bytes, known to be zero: whole chunks are not hashed."""
         self.size += count
-        if self._buffer:
-            fill = min(CHUNK_SIZE - len(self._buffer), count)
-            self._buffer += _ZEROS[:fill]
-            count -= fill
-            self._flush_full()
+        if self._fill:
+            take = min(CHUNK_SIZE - self._fill, count)
+            self._buf[self._fill : self._fill + take] = _ZERO_VIEW[:take]
+            self._fill += take
+            count -= take
+            if self._fill == CHUNK_SIZE:
+                self._emit()
         while count >= CHUNK_SIZE:
-            self._tree.add_zero_chunk(CHUNK_SIZE)
+            self._hashers.add_zero_chunk(CHUNK_SIZE)
             count -= CHUNK_SIZE
         if count:
-            self._buffer += _ZEROS[:count]
+            self._buf[:count] = _ZERO_VIEW[:count]
+            self._fill = count
 
     def hexdigest(self) -> str:
-        if self._buffer:
-            self._add(bytes(self._buffer))
-            self._buffer.clear()
+        if self._fill:
+            self._emit()
+        self._hashers.__exit__(None, None, None)  # waits for the chunks being hashed
         return self._tree.hexdigest()
 
-    def _flush_full(self) -> None:
-        if len(self._buffer) == CHUNK_SIZE:
-            self._add(bytes(self._buffer))
-            self._buffer.clear()
+    def close(self) -> None:
+        """Stop hashing threads without a result (idempotent; hexdigest closes too)."""
+        self._hashers.__exit__(InternalError, None, None)
 
-    def _add(self, chunk: bytes | memoryview) -> None:
+    def _emit(self) -> None:
+        self._add(self._buf[: self._fill])
+        self._fill = 0
+
+    def _add(self, chunk: memoryview) -> None:
         if is_zero(chunk):
-            self._tree.add_zero_chunk(len(chunk))
+            self._hashers.add_zero_chunk(len(chunk))
         else:
-            self._tree.add_chunk(chunk)
+            self._hashers.add_chunk(chunk)
+            if chunk.obj is self._buf.obj:
+                self._buf = self._hashers.buffer()  # that one is being hashed
 
 
 # ---------------------------------------------------------------- from an image file
@@ -600,9 +620,10 @@ class ChunkHashers:
     wait for their hash, so the buffer handed out next is never one still being hashed.
     """
 
-    def __init__(self, tree: ContentTree, threads: int) -> None:
+    def __init__(self, tree: ContentTree, threads: int, *, background: bool = False) -> None:
         self._tree = tree
-        self._pool = ThreadPoolExecutor(threads, "content-hash") if threads > 1 else None
+        pooled = threads > 1 or background
+        self._pool = ThreadPoolExecutor(threads, "content-hash") if pooled else None
         self._limit = 2 * threads if self._pool is not None else 0
         self._pending: deque[tuple[Future[bytes] | None, int]] = deque()
         self._ring: list[memoryview] = []

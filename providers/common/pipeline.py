@@ -602,6 +602,7 @@ def import_image(
     progress: ByteProgress | None = None,
     on_stage: StageFn | None = None,
     cancel: CancelToken | None = None,
+    durable: bool = True,
 ) -> ImportOutcome:
     """Write the object streamed by ``source`` as image ``dest_path`` of ``target_format``.
 
@@ -609,6 +610,9 @@ def import_image(
     detects a short or long stream; without it the download stage reports
     ``(bytes_received, 0)``. ``dest_path`` must not exist. On any failure, nothing is
     left at ``dest_path`` and scratch is empty. The written files are mode 0600.
+    ``durable``: the image is on disk (fsync) before it is published; a caller that
+    copies the image elsewhere right away (every provider: into a pool, a node, a
+    datastore) passes False and spares the flush -- a crash loses the copy either way.
     """
     qemu_img.validate_format(src_format)
     qemu_img.validate_format(target_format, subformat)
@@ -632,6 +636,7 @@ def import_image(
         size,
         expected_sha256,
         expected_content_sha256,
+        durable,
     )
     try:
         with Scratch(scratch_dir, limit=scratch_limit) as scratch:
@@ -674,6 +679,7 @@ class _ImportRequest:
     size: int | None
     expected_sha256: str
     expected_content_sha256: str | None
+    durable: bool = True
 
     @property
     def streamed(self) -> bool:
@@ -784,6 +790,8 @@ def _convert_and_verify(
             cancel=ctx.cancel,
         )
         from_source = from_stream or (background.result() if source.direct else None)
+    if req.durable:  # qemu-img convert writes with cache=unsafe: it does not flush
+        _fsync_files(os.path.dirname(staged))
     ctx.stage(STAGE_VERIFYING)
     layout = digest.data_layout(staged, req.target_format)
     if from_source is not None and layout.direct:
@@ -838,7 +846,9 @@ def _import_streamed(
     writes while this one receives and hashes.
     """
     ctx.stage(STAGE_DOWNLOADING)
-    importer = streamed.StreamedImport(req.src_format, req.target_format, staged, size=req.size)
+    importer = streamed.StreamedImport(
+        req.src_format, req.target_format, staged, size=req.size, durable=req.durable
+    )
     behind: _WriteBehind | None = None
     try:
         for chunk in chunks:
@@ -915,7 +925,8 @@ def _receive(
     writer = SparseWriter(
         path,
         on_allocate=scratch.allocate if streamed_to_scratch else None,
-        durable=req.passthrough,  # a scratch copy is worthless after a crash: no fsync
+        # A scratch copy is worthless after a crash: no fsync.
+        durable=req.passthrough and req.durable,
     )
 
     def consume(chunk: bytes) -> None:
@@ -1023,6 +1034,15 @@ def _self_contained(info: ImageInfo, path: str) -> bool:
     if info.backing_filename or info.backing_chain or info.data_file:
         return False
     return all(os.path.abspath(extent.filename) == path for extent in info.extents)
+
+
+def _fsync_files(directory: str) -> None:
+    for name in os.listdir(directory):
+        fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _publish(staging: str, parent: str, main: str) -> None:

@@ -172,11 +172,17 @@ class RawImageWriter:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         assert self._fd is not None, "write after close"
         view = memoryview(data)
+        run = -1  # start of the current run of non-zero blocks: one pwrite per run
         for pos in range(0, len(view), ZERO_BLOCK):
             block = view[pos : pos + ZERO_BLOCK]
             if block[0] == 0 and block == bytes(len(block)):
-                continue
-            self._pwrite(block, offset + pos)
+                if run >= 0:
+                    self._pwrite(view[run:pos], offset + run)
+                    run = -1
+            elif run < 0:
+                run = pos
+        if run >= 0:
+            self._pwrite(view[run:], offset + run)
 
     def close(self) -> None:
         if self._fd is None:
@@ -225,12 +231,21 @@ class StreamedImport:
     ``consumed`` holds every byte fed, for the caller's fallback.
     """
 
-    def __init__(self, src_format: str, target_format: str, path: str, *, size: int | None) -> None:
+    def __init__(
+        self,
+        src_format: str,
+        target_format: str,
+        path: str,
+        *,
+        size: int | None,
+        durable: bool = True,
+    ) -> None:
         if target_format not in STREAMED_IMPORTS.get(src_format, ()):
             raise InternalError(f"{src_format} -> {target_format} is not streamed")
         if src_format == "raw" and size is None:
             raise NotStreamable("a raw object of unknown size", consumed=b"")
         self._target = target_format
+        self._durable = durable
         self._path = path
         self._parser = SparseVmdkStreamReader() if src_format == "vmdk" else None
         self._raw_pos = 0
@@ -256,6 +271,7 @@ class StreamedImport:
             dest.write(offset, piece)
             if self._content is not None:
                 if offset < self._hashed:
+                    self._content.close()
                     self._content = None  # out of order: hash the written image instead
                 else:
                     self._content.update_zeros(offset - self._hashed)
@@ -287,6 +303,8 @@ class StreamedImport:
         return StreamedResult(size, self._content.hexdigest())
 
     def abort(self) -> None:
+        if self._content is not None:
+            self._content.close()
         if self._dest is not None:
             self._dest.abort()
 
@@ -312,9 +330,10 @@ class StreamedImport:
             self._virtual = self._parser.virtual_size
         size = self._size
         if self._target == "qcow2":
-            self._dest = Qcow2StreamWriter(self._path, size)
+            self._dest = Qcow2StreamWriter(self._path, size, durable=self._durable)
         else:
-            self._dest = RawImageWriter(self._path, size)
+            self._dest = RawImageWriter(self._path, size, durable=self._durable)
         if self._parser is None or self._parser.grains_ascending is not False:
-            self._content = ContentHasher(size)
+            # Hashed in a thread of its own: the caller's thread decodes and writes.
+            self._content = ContentHasher(size, threads=1)
         return self._dest

@@ -207,6 +207,7 @@ def import_from_storage(
                 progress=ctx.progress,
                 on_stage=ctx.set_stage,
                 cancel=ctx.cancel_event,
+                durable=False,  # the caller copies it into the hypervisor's storage
             )
         finally:
             reader.close()

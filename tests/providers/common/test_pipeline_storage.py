@@ -290,3 +290,41 @@ def test_only_durable_files_are_flushed(tmp_path: Path, monkeypatch: pytest.Monk
         writer.close()
     assert len(synced) == 1  # the durable one only
     assert (tmp_path / "f-False").read_bytes() == b"x" * 10000
+
+
+@pytest.mark.parametrize("case", ["vmdk-sparse:qcow2", "vmdk-sparse:vdi", "qcow2:qcow2"])
+def test_durable_imports_flush_the_image_and_others_do_not(
+    images: ImageSet,
+    case: str,
+    scratch_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Streamed, converted by qemu-img (which does not flush) or passed through."""
+    obj, target = case.split(":")
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    data = images.path(obj).read_bytes()
+    for durable in (True, False):
+        synced.clear()
+        dest = tmp_path / f"{durable}" / f"disk.{target}"
+        dest.parent.mkdir()
+        pipeline.import_image(
+            iter([data]),
+            "vmdk" if obj.startswith("vmdk") else obj,
+            target,
+            dest,
+            expected_sha256=hashlib.sha256(data).hexdigest(),
+            size=len(data),
+            scratch_dir=scratch_dir,
+            durable=durable,
+        )
+        images_synced = [p for p in synced if p.endswith(f"disk.{target}")]
+        assert bool(images_synced) is durable, synced
+        assert qemu_img.compare(images.base, dest, a_format="raw", b_format=target)
