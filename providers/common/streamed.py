@@ -103,7 +103,8 @@ def export_sparse_vmdk(
         sent += len(piece)
         report(sent, total)
 
-    emit(memoryview(vmdk.header))
+    for piece in vmdk.iter_header():  # at most ~1 MiB at a time, whatever the disk size
+        emit(memoryview(piece))
     grains = vmdk.grains
     per_chunk = CHUNK_SIZE // GRAIN_SIZE
     tree = ContentTree(size)

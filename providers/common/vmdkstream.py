@@ -154,7 +154,8 @@ class SparseVmdkLayout:
                 f"{count * GRAIN_SIZE} bytes of allocated data do not fit a monolithicSparse "
                 "vmdk (grain offsets are 32-bit sector numbers: 2 TiB at most)"
             )
-        self.grains: tuple[int, ...] = tuple(g for first, stop in runs for g in range(first, stop))
+        # 4 bytes per allocated grain (a guest grain index is below 2**30 for 64 TiB).
+        self.grains = array("I", (g for first, stop in runs for g in range(first, stop)))
         self.object_size = self.grain_offset * SECTOR + count * GRAIN_SIZE
         if cid is None:
             seed = f"{self.capacity_sectors}:{name}:{runs}".encode()

@@ -346,3 +346,29 @@ def test_a_written_image_that_does_not_map_as_written_is_caught(
         )
     assert listing(out) == []
     assert listing(scratch_dir) == []
+
+
+def test_vmdk_export_flattens_a_backing_chain_in_the_stream(
+    images: ImageSet, scratch_dir: Path, tmp_path: Path
+) -> None:
+    top = tmp_path / "top.qcow2"
+    qemu_img.create(
+        top,
+        "qcow2",
+        VIRTUAL_SIZE,
+        options={"backing_file": str(images.path("qcow2")), "backing_fmt": "qcow2"},
+    )
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", f"write -P 0x33 {3 * MIB} 100000", str(top)],
+        check=True,
+        capture_output=True,
+    )
+    expected = tmp_path / "expected.raw"
+    qemu_img.convert(top, expected, src_format="qcow2", dst_format="raw")
+    data, out = _export(top, "qcow2", scratch_dir, scratch_limit=0)
+    assert out.conversion == "vmdk-stream"
+    obj = tmp_path / "object.vmdk"
+    obj.write_bytes(data)
+    assert qemu_img.info(obj, "vmdk").backing_filename is None
+    assert qemu_img.compare(expected, obj, a_format="raw", b_format="vmdk")
+    assert out.content_sha256 == digest.content_digest(expected, "raw")
