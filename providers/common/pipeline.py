@@ -21,10 +21,10 @@ Export (source image ``S`` on the provider host -> object of format ``T``):
 ==================  ==========================================  ====================================
 S \\ T              T = raw                                     T = qcow2, vmdk, vdi, vpc, vhdx
 ==================  ==========================================  ====================================
-raw                 streamed: the file is read sparse-aware     T = vmdk (monolithicSparse):
-                    (holes become zeros without a read) and     written by us in the stream
+raw                 streamed: the file is read sparse-aware     T = vmdk (monolithicSparse) or
+                    (holes become zeros without a read) and     qcow2: written by us in the stream
                     sent; content digest in the same pass;      (``streamed``): metadata first, then
-                    no scratch.                                 the data grains; no scratch.
+                    no scratch.                                 the data clusters; no scratch.
                                                                 Other T: converted before upload
                                                                 into scratch, then the file is
                                                                 streamed (T is written with random
@@ -35,9 +35,10 @@ vpc, vhdx           scratch file (scratch <= allocated data),   self-contained (
                                                                 one-file vmdk, no change of
                                                                 subformat/compression asked):
                                                                 streamed as is, no scratch.
-                                                                T = vmdk (monolithicSparse) and S
-                                                                readable directly (not compressed,
-                                                                not vhdx; a backing chain is fine):
+                                                                T = vmdk (monolithicSparse) or
+                                                                qcow2 (uncompressed) and S readable
+                                                                directly (not compressed, not vhdx;
+                                                                a backing chain is flattened):
                                                                 streamed as for a raw source.
                                                                 Otherwise converted before upload
                                                                 into scratch (flattens a chain).
@@ -48,9 +49,9 @@ streamOptimized, never monolithicFlat. The content digest of an export is comput
 the source, in a thread running alongside the conversion/upload (raw objects and streamed
 vmdk: in the same pass as the upload); sources that cannot be read directly (compressed
 qcow2, streamOptimized vmdk, vhdx) are digested from the converted scratch file when that
-one can, else through the digest module's raw-copy fallback. vmdk is the object format
-the streamed path serves: it is what vSphere imports natively, and the usual object of a
-migration to or from it.
+one can, else through the digest module's raw-copy fallback. vmdk and qcow2 are the
+object formats the streamed path serves: the native formats of vSphere and of
+libvirt/Proxmox, which the manager picks for the object.
 
 Import (object of format ``S`` -> destination image of format ``T``):
 
@@ -367,12 +368,11 @@ def _export(
     passthrough = _can_pass_through(layout.info, target, subformat, compress)
     if (
         not passthrough
-        and target == "vmdk"
-        and subformat in streamed.STREAMED_EXPORT_SUBFORMATS
+        and subformat in streamed.STREAMED_EXPORTS.get(target, ())
         and not compress
         and layout.direct
     ):
-        return _export_vmdk_stream(layout, sink, ctx, transport)
+        return _export_streamed(layout, target, sink, ctx, transport)
     with _Background(ctx.cancel) as background:
         if passthrough:
             obj, conversion = src, "none"
@@ -412,10 +412,10 @@ def _export(
     )
 
 
-def _export_vmdk_stream(
-    layout: DataLayout, sink: Sink, ctx: _Context, transport: _Transport
+def _export_streamed(
+    layout: DataLayout, target: str, sink: Sink, ctx: _Context, transport: _Transport
 ) -> ExportOutcome:
-    """The vmdk is produced while it is sent (``streamed``): no conversion, no scratch."""
+    """The object is produced while it is sent (``streamed``): no conversion, no scratch."""
     ctx.stage(STAGE_UPLOADING)
     writer = sink if isinstance(sink, Writer) else None
 
@@ -426,16 +426,18 @@ def _export_vmdk_stream(
             sink.write(bytes(piece))
         transport.update(piece)
 
-    size, content = streamed.export_sparse_vmdk(layout, write, cancel=ctx.cancel, report=ctx.report)
+    size, content = streamed.export_layout(
+        layout, target, write, cancel=ctx.cancel, report=ctx.report
+    )
     ctx.check()
     return ExportOutcome(
-        format="vmdk",
-        subformat="monolithicSparse",
+        format=target,
+        subformat="monolithicSparse" if target == "vmdk" else None,
         size=size,
         sha256=transport.hexdigest(),
         content_sha256=content,
         virtual_size=layout.virtual_size,
-        conversion="vmdk-stream",
+        conversion="stream",
         scratch_reserved=0,
     )
 

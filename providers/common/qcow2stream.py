@@ -25,19 +25,36 @@ it is refused, as is anything above qemu's L1 limit (2 PiB with 64 KiB clusters)
 Memory: 8 bytes per stored cluster (its L2 slot and host cluster) plus a 1 KiB
 "written" bitmap per touched 512 MiB guest range and one cluster of assembly buffer.
 Data is never held beyond the cluster being assembled.
+
+**Metadata first** (``Qcow2Layout`` + ``stream_qcow2``): when the allocation is known
+before any data is read (an export: ``qemu-img map`` of the source), the whole layout is
+computed up front and the object is produced strictly sequentially (S3/HTTP, no
+seeking). Same header and the same rules (every refcount 1, COPIED everywhere, the
+refcount structures count themselves), in host clusters::
+
+    0                header (as above)
+    1 ..             the L1 table (none if the disk is empty)
+    ..               the refcount table, then the refcount blocks
+    ..               one L2 table per 512 MiB guest range holding data, ascending
+    data_offset ..   the allocated data clusters in ascending guest order
+
+Allocated clusters are stored even when they hold zeros (the data is not seen before
+the metadata is written); the last one is zero-padded past the virtual size.
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import os
 import struct
 import sys
 from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 
-from virtrigaud.errors import AlreadyExists, InternalError, InvalidArgument
+from virtrigaud.errors import AlreadyExists, ChecksumMismatch, InternalError, InvalidArgument
 
 from . import qemu_img
 from .sparsefile import is_zero, os_error
@@ -84,6 +101,39 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def _l1_entries(virtual_size: int, cluster_bits: int) -> int:
+    """L1 table entries for ``virtual_size``; InvalidArgument for a cluster size qemu does
+    not support or a size it would not keep (see the module docstring)."""
+    if not 9 <= cluster_bits <= 21:
+        raise InvalidArgument(f"cluster_bits must be 9..21 (as in qemu), got {cluster_bits}")
+    l2_bits = cluster_bits - 3  # an L2 table (one cluster) has cs/8 entries
+    limit = (MAX_L1_BYTES // 8) << (l2_bits + cluster_bits)
+    if virtual_size < 0 or virtual_size % SECTOR or virtual_size > limit:
+        raise InvalidArgument(
+            f"qcow2 virtual size must be a multiple of {SECTOR} bytes between 0 and "
+            f"{limit} (qemu reads it in 512-byte sectors and caps the L1 table), "
+            f"got {virtual_size}"
+        )
+    return _ceil_div(virtual_size, 1 << (l2_bits + cluster_bits))
+
+
+def _pack_header(
+    cluster_bits: int,
+    virtual_size: int,
+    *,
+    l1_size: int,
+    l1_offset: int,
+    reftable_offset: int,
+    reftable_clusters: int,
+) -> bytes:
+    """The v3 header (no features, zlib, 16-bit refcounts) + end-of-extensions marker."""
+    return _HEADER.pack(
+        *(b"QFI\xfb", 3, 0, 0, cluster_bits, virtual_size, 0, l1_size),
+        *(l1_offset, reftable_offset, reftable_clusters, 0, 0),
+        *(0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH, 0, 0, 0),
+    )
+
+
 class Qcow2StreamWriter:
     """A new qcow2 image written while its guest data arrives (see the module docstring).
 
@@ -94,21 +144,12 @@ class Qcow2StreamWriter:
     def __init__(
         self, path: str, virtual_size: int, *, durable: bool = True, cluster_bits: int = 16
     ) -> None:
-        if not 9 <= cluster_bits <= 21:
-            raise InvalidArgument(f"cluster_bits must be 9..21 (as in qemu), got {cluster_bits}")
+        self._l1_size = _l1_entries(virtual_size, cluster_bits)
         self.path = path
         self.virtual_size = virtual_size
         self._bits = cluster_bits
         self._cs = 1 << cluster_bits
         self._l2_bits = cluster_bits - 3  # an L2 table (one cluster) has cs/8 entries
-        self._l1_size = _ceil_div(virtual_size, self._cs << self._l2_bits)
-        limit = (MAX_L1_BYTES // 8) << (self._l2_bits + cluster_bits)
-        if virtual_size < 0 or virtual_size % SECTOR or virtual_size > limit:
-            raise InvalidArgument(
-                f"qcow2 virtual size must be a multiple of {SECTOR} bytes between 0 and "
-                f"{limit} (qemu reads it in 512-byte sectors and caps the L1 table), "
-                f"got {virtual_size}"
-            )
         self._durable = durable
         self._buf = bytearray(self._cs)  # the cluster being assembled
         # Data clusters waiting to be written with one pwritev (host-contiguous: appended).
@@ -307,10 +348,13 @@ class Qcow2StreamWriter:
         assert self._fd is not None
         if self._durable:
             os.fsync(self._fd)  # metadata on disk before the header that points at it
-        header = _HEADER.pack(
-            *(b"QFI\xfb", 3, 0, 0, self._bits, self.virtual_size, 0, self._l1_size),
-            *(l1_host * cs if l1_clusters else 0, (ref_first + blocks) * cs, table, 0, 0),
-            *(0, 0, 0, REFCOUNT_ORDER, HEADER_LENGTH, 0, 0, 0),
+        header = _pack_header(
+            self._bits,
+            self.virtual_size,
+            l1_size=self._l1_size,
+            l1_offset=l1_host * cs if l1_clusters else 0,
+            reftable_offset=(ref_first + blocks) * cs,
+            reftable_clusters=table,
         )
         self._pwrite(header, 0)
         if self._durable:
@@ -350,6 +394,203 @@ def _big_endian(values: array[int]) -> bytes:
     if sys.byteorder == "little":
         values.byteswap()
     return values.tobytes()
+
+
+# ---------------------------------------------------------------- metadata-first layout
+
+
+class Qcow2Layout:
+    """Where everything goes in a qcow2 object of known allocation, metadata first.
+
+    The twin of ``vmdkstream.SparseVmdkLayout`` (see the module docstring for the layout):
+    the object is ``iter_header()`` (``data_offset`` bytes) followed by, for each guest
+    cluster in ``clusters`` (ascending), exactly one cluster of its guest data, zero-padded
+    past ``virtual_size``; ``stream_qcow2`` produces it from a read function. Nothing is
+    ever written twice or out of order, so it can go straight to S3/HTTP.
+
+    ``data_ranges``: guest byte ranges ``(start, end)`` that may hold data (e.g. from
+    ``qemu-img map``), in any order, unaligned and overlapping allowed; every cluster
+    touching one is allocated (and stored even if it turns out to hold zeros).
+    ``virtual_size``: a multiple of 512 bytes, 0 allowed, at most qemu's L1 limit.
+    ``cluster_bits`` is 16 (``CLUSTER_SIZE``) in production; tests may pick a smaller
+    cluster size to exercise many L2 tables and refcount blocks with little data.
+
+    Memory: ``clusters`` is an ``array("I")`` (4 bytes per allocated cluster; ``"Q"`` only
+    for disks above 2**32 clusters, 256 TiB) plus 4 bytes per L2 table; ``iter_header``
+    builds one piece (at most ``HEADER_PIECE`` bytes, or one cluster if larger) at a time.
+    """
+
+    def __init__(
+        self,
+        virtual_size: int,
+        data_ranges: Iterable[tuple[int, int]],
+        *,
+        cluster_bits: int = CLUSTER_BITS,
+    ) -> None:
+        self._l1_size = _l1_entries(virtual_size, cluster_bits)
+        self.virtual_size = virtual_size
+        self.cluster_bits = cluster_bits
+        self.cluster_size = cs = 1 << cluster_bits
+        self._l2_bits = l2_bits = cluster_bits - 3
+        runs: list[list[int]] = []  # [first, stop) guest clusters, ascending and disjoint
+        for start, end in sorted(data_ranges):
+            if not 0 <= start <= end <= virtual_size:
+                raise InvalidArgument(
+                    f"data range ({start}, {end}) is outside the disk of {virtual_size} bytes"
+                )
+            if start == end:
+                continue
+            first, stop = start >> cluster_bits, _ceil_div(end, cs)
+            if runs and first <= runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], stop)
+            else:
+                runs.append([first, stop])
+        count = sum(stop - first for first, stop in runs)
+        # The L1 indexes of the L2 tables, ascending (below 2**22: the L1 limit).
+        self._tables: array[int] = array("I")
+        for first, stop in runs:
+            low = first >> l2_bits
+            if self._tables and self._tables[-1] == low:
+                low += 1
+            self._tables.extend(range(low, ((stop - 1) >> l2_bits) + 1))
+        l1_clusters = _ceil_div(self._l1_size * 8, cs)
+        blocks, table = refcount_layout(
+            1 + l1_clusters + len(self._tables) + count,
+            per_block=cs // 2,
+            per_table_cluster=cs // 8,
+        )
+        if table * cs > MAX_REFTABLE_BYTES:
+            raise InvalidArgument(
+                f"{count * cs} bytes of allocated data exceed qemu's qcow2 refcount limit "
+                f"with {cs}-byte clusters"
+            )
+        self._l1_at = 1  # host cluster numbers
+        self._reftable_at = self._l1_at + l1_clusters
+        self._reftable_clusters = table
+        self._blocks_at = self._reftable_at + table
+        self._blocks = blocks
+        self._l2_at = self._blocks_at + blocks
+        self._total = self._l2_at + len(self._tables) + count  # clusters in the object
+        self.data_offset = (self._l2_at + len(self._tables)) * cs
+        self.object_size = self._total * cs
+        guest_clusters = _ceil_div(virtual_size, cs)
+        typecode = "I" if guest_clusters <= 1 << (8 * array("I").itemsize) else "Q"
+        self.clusters: array[int] = array(typecode)
+        for first, stop in runs:
+            self.clusters.extend(range(first, stop))
+
+    def cluster_host_offset(self, index_in_clusters: int) -> int:
+        """Object byte offset of the ``index_in_clusters``-th allocated cluster."""
+        if not 0 <= index_in_clusters < len(self.clusters):
+            raise InternalError(f"cluster index {index_in_clusters} out of range")
+        return self.data_offset + index_in_clusters * self.cluster_size
+
+    def iter_header(self) -> Iterator[bytes]:
+        """Everything before ``data_offset``: header cluster, L1 table, refcount table,
+        refcount blocks, L2 tables; in pieces of at most ``HEADER_PIECE`` bytes (or one
+        cluster, if clusters are larger), each built when it is due."""
+        limit = max(HEADER_PIECE, self.cluster_size)
+        piece = bytearray()
+        for chunk in self._metadata_chunks():
+            if piece and len(piece) + len(chunk) > limit:
+                yield bytes(piece)
+                piece.clear()
+            piece += chunk
+        if piece:
+            yield bytes(piece)
+
+    def _metadata_chunks(self) -> Iterator[bytes]:
+        """The metadata in order, as chunks of at most ``max(HEADER_PIECE, cluster)``."""
+        cs = self.cluster_size
+        header = _pack_header(
+            self.cluster_bits,
+            self.virtual_size,
+            l1_size=self._l1_size,
+            l1_offset=self._l1_at * cs if self._l1_size else 0,
+            reftable_offset=self._reftable_at * cs,
+            reftable_clusters=self._reftable_clusters,
+        )
+        yield header.ljust(cs, b"\0")
+        yield from self._l1_chunks()
+        # Refcount table: entry b -> refcount block b; the rest of its clusters are 0.
+        entries = self._reftable_clusters * cs // 8
+        for lo in range(0, entries, _ENTRIES_PER_PIECE):
+            hi = min(entries, lo + _ENTRIES_PER_PIECE)
+            first, stop = self._blocks_at + lo, self._blocks_at + min(hi, self._blocks)
+            chunk = array("Q", range(first * cs, stop * cs, cs))  # empty past the blocks
+            chunk.extend(array("Q", bytes((hi - lo - len(chunk)) * 8)))
+            yield _big_endian(chunk)
+        # Refcount blocks: every cluster of the object (and nothing past it) counts 1.
+        per_block = cs // 2
+        full = b"\x00\x01" * per_block
+        for b in range(self._blocks):
+            used = min(per_block, self._total - b * per_block)
+            yield full if used == per_block else full[: 2 * used].ljust(cs, b"\0")
+        yield from self._l2_chunks()
+
+    def _l1_chunks(self) -> Iterator[bytes]:
+        cs, tables = self.cluster_size, self._tables
+        entries = _ceil_div(self._l1_size * 8, cs) * cs // 8  # whole clusters
+        i = 0
+        for lo in range(0, entries, _ENTRIES_PER_PIECE):
+            hi = min(entries, lo + _ENTRIES_PER_PIECE)
+            chunk = array("Q", bytes((hi - lo) * 8))
+            while i < len(tables) and tables[i] < hi:
+                chunk[tables[i] - lo] = (self._l2_at + i) * cs | COPIED
+                i += 1
+            yield _big_endian(chunk)
+
+    def _l2_chunks(self) -> Iterator[bytes]:
+        cs, l2_bits, clusters = self.cluster_size, self._l2_bits, self.clusters
+        k = 0  # index in clusters of the first cluster of the current table
+        for table in self._tables:
+            base = table << l2_bits
+            end = bisect.bisect_left(clusters, base + (1 << l2_bits), lo=k)
+            if end == k:
+                raise InternalError(f"qcow2 layout: L2 table {table} has no cluster")
+            l2 = array("Q", bytes(cs))
+            while k < end:
+                run = _run_end(clusters, k, end) - k  # guest-consecutive clusters
+                host = (self.data_offset + k * cs) | COPIED
+                slot = clusters[k] - base
+                l2[slot : slot + run] = array("Q", range(host, host + run * cs, cs))
+                k += run
+            yield _big_endian(l2)
+
+
+HEADER_PIECE = 1 << 20  # Qcow2Layout.iter_header yields pieces of at most this size
+STREAM_PIECE = 4 << 20  # stream_qcow2 reads at most this much at a time
+_ENTRIES_PER_PIECE = HEADER_PIECE // 8
+
+
+def _run_end(clusters: array[int], k: int, end: int) -> int:
+    """The end of the run of guest-consecutive clusters starting at ``clusters[k]``, at most
+    ``end``. ``clusters`` ascends strictly, so ``clusters[i] - i`` never decreases and the
+    run is where it stays equal to ``clusters[k] - k``: found by bisection."""
+    offset = clusters[k] - k
+    return k + bisect.bisect_right(range(k, end), offset, key=lambda i: clusters[i] - i)
+
+
+def stream_qcow2(layout: Qcow2Layout, read: Callable[[int, int], bytes]) -> Iterator[bytes]:
+    """The whole object: the metadata, then the data clusters (runs of guest-consecutive
+    clusters read with one ``read(guest_offset, length)`` each, at most ``STREAM_PIECE``
+    bytes), zero-padded past the virtual size. A short read is a ChecksumMismatch."""
+    yield from layout.iter_header()
+    clusters, cs = layout.clusters, layout.cluster_size
+    per_piece = max(1, STREAM_PIECE // cs)
+    i = 0
+    while i < len(clusters):
+        j = _run_end(clusters, i, min(len(clusters), i + per_piece))
+        start, length = clusters[i] * cs, (j - i) * cs
+        wanted = min(length, layout.virtual_size - start)
+        data = read(start, wanted)
+        if len(data) != wanted:
+            raise ChecksumMismatch(
+                f"source disk returned {len(data)} bytes at offset {start}, expected {wanted} "
+                "(did it shrink while being exported?)"
+            )
+        yield data if wanted == length else bytes(data) + bytes(length - wanted)
+        i = j
 
 
 def map_matches(path: str, expected: list[MappedRun], virtual_size: int) -> str | None:

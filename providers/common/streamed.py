@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,7 +52,7 @@ from .digest import (
     FileRangeReader,
     fill_chunk,
 )
-from .qcow2stream import Qcow2StreamWriter, map_matches
+from .qcow2stream import CLUSTER_SIZE, Qcow2Layout, Qcow2StreamWriter, map_matches
 from .qemu_img import CancelToken
 from .sparsefile import ZERO_BLOCK, os_error
 from .vmdkstream import GRAIN_SIZE, NotStreamable, SparseVmdkLayout, SparseVmdkStreamReader
@@ -59,42 +60,53 @@ from .vmdkstream import GRAIN_SIZE, NotStreamable, SparseVmdkLayout, SparseVmdkS
 Report = Callable[[int, int], None]
 _SECTOR = 512
 
-# Export: (source has a direct layout) and target is one of these.
-STREAMED_EXPORT_SUBFORMATS = (None, "monolithicSparse")
+# Export: object format -> subformats written in the stream (from a direct source).
+STREAMED_EXPORTS = {"vmdk": (None, "monolithicSparse"), "qcow2": (None,)}
+UNIT = GRAIN_SIZE  # a vmdk grain, a qcow2 cluster (both 64 KiB)
+assert UNIT == CLUSTER_SIZE
 # Import: object format -> destination formats written in the stream.
 STREAMED_IMPORTS = {"vmdk": ("qcow2", "raw"), "raw": ("qcow2",)}
 
 __all__ = [
-    "STREAMED_EXPORT_SUBFORMATS",
+    "STREAMED_EXPORTS",
     "STREAMED_IMPORTS",
     "NotStreamable",
     "StreamedImport",
-    "export_sparse_vmdk",
+    "export_layout",
 ]
 
 
 # ---------------------------------------------------------------- export
 
 
-def export_sparse_vmdk(
+class _ObjectLayout(Protocol):
+    """A format written metadata first (SparseVmdkLayout, Qcow2Layout)."""
+
+    @property
+    def object_size(self) -> int: ...
+
+    def iter_header(self) -> Iterator[bytes]: ...
+
+
+def export_layout(
     layout: DataLayout,
+    target_format: str,
     write: Callable[[memoryview], None],
     *,
     cancel: CancelToken,
     report: Report,
-    name: str = "disk.vmdk",
 ) -> tuple[int, str]:
-    """Write ``layout``'s image as a monolithicSparse vmdk to ``write``.
+    """Write ``layout``'s image as a ``target_format`` object (``STREAMED_EXPORTS``).
 
     Returns the object size and the content digest of the source. ``write`` must copy
     what it keeps (the buffers are reused).
     """
     if not layout.direct:
-        raise InternalError("a streamed vmdk export needs a directly readable source")
+        raise InternalError("a streamed export needs a directly readable source")
     size = layout.virtual_size
     data = [e for e in layout.extents if not e.zero]
-    vmdk = SparseVmdkLayout(size, [(e.start, e.end) for e in data], name=name)
-    total = vmdk.object_size
+    target, units = _object_layout(target_format, size, [(e.start, e.end) for e in data])
+    total = target.object_size
     sent = 0
 
     def emit(piece: memoryview) -> None:
@@ -103,12 +115,11 @@ def export_sparse_vmdk(
         sent += len(piece)
         report(sent, total)
 
-    for piece in vmdk.iter_header():  # at most ~1 MiB at a time, whatever the disk size
+    for piece in target.iter_header():  # at most ~1 MiB at a time, whatever the disk size
         emit(memoryview(piece))
-    grains = vmdk.grains
-    per_chunk = CHUNK_SIZE // GRAIN_SIZE
+    per_chunk = CHUNK_SIZE // UNIT
     tree = ContentTree(size)
-    g = first = 0
+    u = first = 0
     # Two hashing threads: the content digest of a chunk runs while the next one is read
     # and sent (hashlib and preadv release the GIL).
     with FileRangeReader() as reader, ChunkHashers(tree, threads=2) as hashers:
@@ -125,24 +136,38 @@ def export_sparse_vmdk(
             chunk = buffer[: end - start]
             fill_chunk(layout, reader, data, index=first, start=start, chunk=chunk)
             if end - start < CHUNK_SIZE:
-                buffer[end - start :] = bytes(CHUNK_SIZE - (end - start))  # last grain's pad
+                buffer[end - start :] = bytes(CHUNK_SIZE - (end - start))  # last unit's pad
             hashers.add_chunk(chunk)
-            base = start // GRAIN_SIZE
-            while g < len(grains) and grains[g] < base + per_chunk:
-                run = g
-                while g + 1 < len(grains) and grains[g + 1] == grains[g] + 1:
-                    if grains[g + 1] >= base + per_chunk:
-                        break
-                    g += 1
-                g += 1
-                emit(
-                    buffer[
-                        (grains[run] - base) * GRAIN_SIZE : (grains[g - 1] - base + 1) * GRAIN_SIZE
-                    ]
-                )
-    if g != len(grains) or sent != total:
-        raise InternalError(f"streamed vmdk: {sent} of {total} bytes, {g} of {len(grains)} grains")
+            # This chunk's allocated units, each run of consecutive ones in one piece.
+            base = start // UNIT
+            while u < len(units) and units[u] < base + per_chunk:
+                end_u = _run_end(units, u, base + per_chunk)
+                emit(buffer[(units[u] - base) * UNIT : (units[end_u - 1] - base + 1) * UNIT])
+                u = end_u
+    if u != len(units) or sent != total:
+        raise InternalError(f"streamed {target_format}: {sent} of {total} bytes, {u} units")
     return sent, tree.hexdigest()
+
+
+def _object_layout(
+    target_format: str, size: int, ranges: list[tuple[int, int]]
+) -> tuple[_ObjectLayout, array[int]]:
+    """The object's layout and its allocated 64 KiB units (guest indexes, ascending)."""
+    if target_format == "vmdk":
+        vmdk = SparseVmdkLayout(size, ranges)
+        return vmdk, vmdk.grains
+    if target_format == "qcow2":
+        qcow2 = Qcow2Layout(size, ranges)
+        return qcow2, qcow2.clusters
+    raise InternalError(f"no streamed export to {target_format}")
+
+
+def _run_end(units: array[int], u: int, limit: int) -> int:
+    """End (exclusive) of the run of consecutive units starting at ``u``, below ``limit``."""
+    end = u + 1
+    while end < len(units) and units[end] == units[end - 1] + 1 and units[end] < limit:
+        end += 1
+    return end
 
 
 # ---------------------------------------------------------------- import

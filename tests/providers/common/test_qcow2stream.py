@@ -4,9 +4,13 @@ reference holding the same guest data, converted back to raw and mapped."""
 from __future__ import annotations
 
 import hashlib
+import itertools
+import json
 import os
 import random
 import struct
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -14,12 +18,21 @@ import pytest
 from providers.common import qemu_img
 from providers.common.qcow2stream import (
     CLUSTER_SIZE,
+    HEADER_PIECE,
     MappedRun,
+    Qcow2Layout,
     Qcow2StreamWriter,
     map_matches,
     refcount_layout,
+    stream_qcow2,
 )
-from virtrigaud.errors import AlreadyExists, InternalError, InvalidArgument, VirtrigaudError
+from virtrigaud.errors import (
+    AlreadyExists,
+    ChecksumMismatch,
+    InternalError,
+    InvalidArgument,
+    VirtrigaudError,
+)
 
 MIB = 1024 * 1024
 CS = CLUSTER_SIZE
@@ -376,3 +389,360 @@ def test_existing_path_is_refused(tmp_path: Path) -> None:
     with pytest.raises(AlreadyExists, match="already exists"):
         Qcow2StreamWriter(str(path), 4 * MIB)
     assert path.read_bytes() == b"keep me"
+
+
+# ---------------------------------------------------------------- metadata-first layout
+
+GIB = 1024 * MIB
+Regions = list[tuple[int, bytes]]
+
+
+def write_raw_file(path: Path, size: int, regions: Regions) -> None:
+    """A sparse raw file: holes except for ``regions``."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, data in regions:
+            f.seek(offset)
+            f.write(data)
+
+
+def raw_data_ranges(raw: Path) -> list[tuple[int, int]]:
+    return [(e.start, e.end) for e in qemu_img.map(raw, "raw") if e.data]
+
+
+def scrambled(rng: random.Random, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The same bytes as ``ranges``, cut at unaligned points into overlapping pieces, with
+    empty ranges mixed in, shuffled: the allocation must not depend on the presentation."""
+    pieces: list[tuple[int, int]] = []
+    for start, end in ranges:
+        cuts = sorted({start, end, *(rng.randrange(start, end) for _ in range(2))})
+        for a, b in itertools.pairwise(cuts):
+            pieces.append((max(start, a - rng.randrange(0, 5000)), b))
+        pieces.append((end, end))
+    rng.shuffle(pieces)
+    return pieces
+
+
+def touched_clusters(ranges: list[tuple[int, int]], cs: int) -> list[int]:
+    return sorted({c for s, e in ranges if s < e for c in range(s // cs, -(-e // cs))})
+
+
+def layout_runs(layout: Qcow2Layout) -> list[MappedRun]:
+    """The mapping qemu must report: cluster i of ``clusters`` at cluster_host_offset(i)."""
+    cs, runs = layout.cluster_size, list[MappedRun]()
+    for i, c in enumerate(layout.clusters):
+        start, host = c * cs, layout.cluster_host_offset(i)
+        length = min(cs, layout.virtual_size - start)
+        last = runs[-1] if runs else None
+        if last and last.start + last.length == start and last.host + last.length == host:
+            runs[-1] = MappedRun(last.start, last.length + length, last.host)
+        else:
+            runs.append(MappedRun(start, length, host))
+    return runs
+
+
+def export(layout: Qcow2Layout, raw: Path, dest: Path) -> None:
+    fd = os.open(raw, os.O_RDONLY)
+    try:
+        with open(dest, "wb") as out:
+            for piece in stream_qcow2(layout, lambda off, n: os.pread(fd, n, off)):
+                out.write(piece)
+    finally:
+        os.close(fd)
+
+
+def verify_layout(layout: Qcow2Layout, raw: Path, qcow: Path, tmp: Path, *, convert: bool) -> None:
+    """Clean check, right size, the raw reference's guest bytes, mapped where the layout
+    says, and every data cluster holding its guest cluster, in ascending guest order."""
+    cs = layout.cluster_size
+    assert os.path.getsize(qcow) == layout.object_size
+    result = qemu_img.check(qcow, "qcow2")
+    assert result.clean and result.leaks == 0 and result.corruptions == 0, result
+    assert result.image_end_offset == layout.object_size
+    info = qemu_img.info(qcow)  # probed, not told
+    assert (info.format, info.virtual_size, info.cluster_size) == ("qcow2", layout.virtual_size, cs)
+    assert info.compat == "1.1" and not info.dirty and not info.corrupt
+    assert qemu_img.compare(raw, qcow, a_format="raw", b_format="qcow2")
+    assert map_matches(str(qcow), layout_runs(layout), layout.virtual_size) is None
+    clusters = list(layout.clusters)
+    assert clusters == sorted(set(clusters))
+    counts = refcounts(qcow)  # qemu-img check does not look past the end of the file
+    assert counts[: layout.object_size // cs] == [1] * (layout.object_size // cs)
+    assert not any(counts[layout.object_size // cs :])
+    raw_fd, qcow_fd = os.open(raw, os.O_RDONLY), os.open(qcow, os.O_RDONLY)
+    try:
+        for i, c in enumerate(clusters):
+            host = layout.cluster_host_offset(i)
+            assert host == layout.data_offset + i * cs
+            guest = os.pread(raw_fd, cs, c * cs).ljust(cs, b"\0")
+            assert os.pread(qcow_fd, cs, host) == guest, f"guest cluster {c}"
+    finally:
+        os.close(raw_fd)
+        os.close(qcow_fd)
+    if convert:
+        back = tmp / "back.raw"
+        qemu_img.convert(qcow, back, src_format="qcow2", dst_format="raw")
+        assert sha256(back) == sha256(raw)
+
+
+def header_fields(path: Path) -> dict[str, int]:
+    with open(path, "rb") as f:
+        head = f.read(64)
+    names = ("cluster_bits", "size", "l1_size", "l1_offset", "reftable", "reftable_clusters")
+    values = struct.unpack_from(">IQ4xIQQI", head, 20)
+    return dict(zip(names, values, strict=True))
+
+
+def refcounts(path: Path) -> list[int]:
+    """The 16-bit refcounts of the refcount blocks, in cluster order: the clusters past
+    them have none (the blocks must be a prefix of the refcount table)."""
+    fields = header_fields(path)
+    cs = 1 << fields["cluster_bits"]
+    counts: list[int] = []
+    with open(path, "rb") as f:
+        f.seek(fields["reftable"])
+        entries = fields["reftable_clusters"] * cs // 8
+        table = struct.unpack(f">{entries}Q", f.read(entries * 8))
+        blocks = [block for block in table if block]
+        assert table[: len(blocks)] == tuple(blocks)
+        for block in blocks:
+            f.seek(block)
+            counts += struct.unpack(f">{cs // 2}H", f.read(cs))
+    return counts
+
+
+def _sparse(size: int) -> Regions:
+    return random_guest_data(random.Random(size), size)
+
+
+def _two_l2_tables(size: int) -> Regions:
+    rng = random.Random(15)
+    return [
+        (0, rng.randbytes(5000)),
+        (512 * MIB - 1000, rng.randbytes(3000)),  # crosses into the second L2 table
+        (GIB + 12345, rng.randbytes(200_000)),
+        (size - 512, rng.randbytes(512)),
+    ]
+
+
+LAYOUT_CASES: dict[str, tuple[int, Callable[[int], Regions]]] = {
+    "sparse": (40 * MIB + 1536, _sparse),
+    "dense": (3 * MIB + 512, lambda s: [(0, random.Random(2).randbytes(s))]),
+    "tail-cluster": (10 * MIB + 1536, lambda s: [(0, b"A"), (s - 100, random.randbytes(100))]),
+    "unaligned-size": (5 * MIB + 3 * 512, lambda s: [(s - 7, b"theend!"), (4096, b"x" * 70000)]),
+    "empty": (0, lambda s: []),
+    "empty-8mib": (8 * MIB, lambda s: []),
+    "two-l2-tables": (3 * GIB // 2, _two_l2_tables),  # 1.5 GiB: three L2 tables
+}
+
+
+@pytest.mark.parametrize("case", list(LAYOUT_CASES))
+def test_layout_streams_an_image_qemu_reads(tmp_path: Path, case: str) -> None:
+    size, make = LAYOUT_CASES[case]
+    raw, qcow = tmp_path / "src.raw", tmp_path / "out.qcow2"
+    write_raw_file(raw, size, make(size))
+    ranges = raw_data_ranges(raw)
+    given = scrambled(random.Random(size), ranges)
+    layout = Qcow2Layout(size, iter(given))  # any iterable
+    assert list(layout.clusters) == touched_clusters(ranges, CS)
+    assert layout.clusters.itemsize == 4
+    export(layout, raw, qcow)
+    tables = len({c * CS // (512 * MIB) for c in layout.clusters})
+    fields = header_fields(qcow)
+    assert fields["l1_size"] == -(-size // (512 * MIB))
+    assert fields["l1_offset"] == (CS if size else 0)
+    assert fields["reftable"] == CS + (CS if size else 0)
+    assert fields["reftable_clusters"] == 1
+    # header, L1, refcount table, one refcount block, the L2 tables, then data
+    assert layout.data_offset == (3 + (size > 0) + tables) * CS
+    assert layout.object_size == layout.data_offset + len(layout.clusters) * CS
+    if case == "two-l2-tables":
+        assert tables == 3
+    verify_layout(layout, raw, qcow, tmp_path, convert=size <= 64 * MIB)
+
+
+def test_layout_stores_claimed_zero_clusters(tmp_path: Path) -> None:
+    """Ranges that turn out to hold zeros are still allocated: qemu maps them as data."""
+    size = 8 * MIB
+    raw, qcow = tmp_path / "src.raw", tmp_path / "out.qcow2"
+    write_raw_file(raw, size, [(3 * CS + 5, b"data"), (5 * CS, b"five"), (MIB, bytes(CS))])
+    ranges = [(3 * CS + 5, 3 * CS + 9), (5 * CS, 5 * CS + 4), (MIB - 1, MIB + 1), (7 * MIB, size)]
+    layout = Qcow2Layout(size, ranges)
+    first = MIB // CS
+    assert list(layout.clusters) == [3, 5, first - 1, first, *range(7 * MIB // CS, size // CS)]
+    export(layout, raw, qcow)
+    data = [(e.start, e.end) for e in qemu_img.map(qcow, "qcow2") if e.data]
+    assert data == [(3 * CS, 4 * CS), (5 * CS, 6 * CS), (MIB - CS, MIB + CS), (7 * MIB, size)]
+    verify_layout(layout, raw, qcow, tmp_path, convert=True)
+
+
+@pytest.mark.parametrize("cluster_bits", [9, 12])
+def test_layout_with_many_refcount_blocks(tmp_path: Path, cluster_bits: int) -> None:
+    """Small clusters make a few MiB need many refcount blocks, several refcount-table
+    clusters, a multi-cluster L1 and hundreds of L2 tables: all checked by qemu."""
+    cs = 1 << cluster_bits
+    size = 12 * MIB + 512
+    rng = random.Random(cluster_bits)
+    regions = [(pos, rng.randbytes(rng.randrange(800_000, MIB))) for pos in range(0, 11 * MIB, MIB)]
+    regions.append((size - 100, rng.randbytes(100)))
+    raw, qcow = tmp_path / "src.raw", tmp_path / "out.qcow2"
+    write_raw_file(raw, size, regions)
+    ranges = raw_data_ranges(raw)
+    layout = Qcow2Layout(size, scrambled(rng, ranges), cluster_bits=cluster_bits)
+    assert list(layout.clusters) == touched_clusters(ranges, cs)
+    export(layout, raw, qcow)
+    fields = header_fields(qcow)
+    assert fields["cluster_bits"] == cluster_bits
+    with open(qcow, "rb") as f:
+        f.seek(fields["reftable"])
+        count = fields["reftable_clusters"] * cs // 8
+        reftable = struct.unpack(f">{count}Q", f.read(count * 8))
+        f.seek(fields["l1_offset"])
+        l1 = struct.unpack(f">{fields['l1_size']}Q", f.read(fields["l1_size"] * 8))
+    blocks = [entry for entry in reftable if entry]
+    assert len(blocks) == -(-layout.object_size // cs // (cs // 2)) > 1
+    assert blocks == [blocks[0] + b * cs for b in range(len(blocks))]  # consecutive
+    l2_tables = [entry & ~(1 << 63) for entry in l1 if entry]
+    assert all(entry >> 63 for entry in l1 if entry)  # COPIED
+    assert len(l2_tables) == len({c >> (cluster_bits - 3) for c in layout.clusters}) > 1
+    assert l2_tables == sorted(l2_tables) and l2_tables[-1] + cs == layout.data_offset
+    if cluster_bits == 9:
+        assert len(l2_tables) > 100
+        assert fields["reftable_clusters"] > 1
+        assert fields["l1_size"] * 8 > cs  # a multi-cluster L1 table
+    verify_layout(layout, raw, qcow, tmp_path, convert=True)
+
+
+def test_layout_of_the_largest_virtual_size(tmp_path: Path) -> None:
+    """2 PiB: guest cluster indexes above 2**32 (an 8-byte array) and a 32 MiB L1 table,
+    generated in pieces; the data lands at the offsets the layout names."""
+    size = 1 << 51
+    tail = size - 3 * CS
+    layout = Qcow2Layout(size, [(size - 3, size), (10, 20), (tail + 1, tail + 2)])
+    assert layout.clusters.typecode == "Q"
+    assert list(layout.clusters) == [0, tail // CS, size // CS - 1]
+    pieces = [len(piece) for piece in layout.iter_header()]
+    assert max(pieces) <= HEADER_PIECE and sum(pieces) == layout.data_offset
+    assert len(pieces) > 32  # the L1 table alone is 32 MiB
+
+    def read(offset: int, length: int) -> bytes:
+        return hashlib.sha256(offset.to_bytes(8, "big")).digest() * (length // 32)
+
+    path = tmp_path / "big.qcow2"
+    with open(path, "wb") as f:
+        for piece in stream_qcow2(layout, read):
+            f.write(piece)
+    assert os.path.getsize(path) == layout.object_size
+    result = qemu_img.check(path, "qcow2")
+    assert result.clean and result.image_end_offset == layout.object_size, result
+    assert qemu_img.info(path).virtual_size == size
+    # qemu-img map of all 2 PiB takes seconds: map each cluster and its neighbours alone.
+    allocated = {c: layout.cluster_host_offset(i) for i, c in enumerate(layout.clusters)}
+    near = {n for a in allocated for n in (a - 1, a, a + 1) if 0 <= n < size // CS}
+    for c in sorted(near):
+        host = allocated.get(c)
+        want = {"start": c * CS, "length": CS, "data": host is not None, "zero": host is None}
+        assert map_window(path, c * CS, CS) == [want | ({} if host is None else {"offset": host})]
+    with open(path, "rb") as image:
+        for i, c in enumerate(layout.clusters):
+            image.seek(layout.cluster_host_offset(i))
+            assert image.read(CS) == read(c * CS, CS)
+
+
+def map_window(path: Path, start: int, length: int) -> list[dict[str, object]]:
+    """``qemu-img map`` of guest ``[start, start + length)`` only (fields of interest)."""
+    args = [qemu_img.binary(), "map", "--output=json", "-f", "qcow2"]
+    args += [f"--start-offset={start}", f"--max-length={length}", str(path)]
+    out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
+    keys = ("start", "length", "data", "zero", "offset")
+    return [{k: e[k] for k in keys if k in e} for e in json.loads(out)]
+
+
+HEADER_LENGTH_WITH_END = 112 + 8  # header, then the end-of-extensions marker
+
+
+def test_header_is_the_writers(tmp_path: Path) -> None:
+    """Same header as Qcow2StreamWriter writes, apart from where the tables are."""
+    size = 8 * MIB + 512
+    path = tmp_path / "w.qcow2"
+    with Qcow2StreamWriter(str(path), size, durable=False) as writer:
+        writer.write(CS, b"x")
+    theirs = path.read_bytes()[:CS]
+    ours = next(Qcow2Layout(size, [(CS, CS + 1)]).iter_header())[:CS]
+    offsets = slice(40, 60)  # L1 offset, refcount table offset and clusters
+    assert ours[: offsets.start] + ours[offsets.stop :] == theirs[:40] + theirs[60:]
+    assert ours[offsets] != theirs[offsets]
+    assert ours[HEADER_LENGTH_WITH_END:] == bytes(CS - HEADER_LENGTH_WITH_END)
+
+
+def test_layout_is_deterministic(tmp_path: Path) -> None:
+    size = 600 * MIB + 512
+    ranges = [(0, 10), (5 * MIB + 3, 7 * MIB), (513 * MIB, 514 * MIB), (size - 1, size)]
+
+    def read(offset: int, length: int) -> bytes:
+        return random.Random(offset).randbytes(length)
+
+    def digest(pieces: Iterator[bytes]) -> str:
+        h = hashlib.sha256()
+        for piece in pieces:
+            h.update(piece)
+        return h.hexdigest()
+
+    a = digest(stream_qcow2(Qcow2Layout(size, ranges), read))
+    shuffled = scrambled(random.Random(1), ranges)
+    assert digest(stream_qcow2(Qcow2Layout(size, shuffled), read)) == a
+    assert digest(stream_qcow2(Qcow2Layout(size, ranges), read)) == a
+    other = digest(stream_qcow2(Qcow2Layout(size, [*ranges, (100 * MIB, 100 * MIB + 1)]), read))
+    assert other != a
+
+
+@pytest.mark.parametrize(
+    ("size", "ranges", "kwargs", "match"),
+    [
+        (1000, [], {}, "multiple of 512"),
+        (513, [], {}, "multiple of 512"),
+        (-512, [], {}, "multiple of 512"),
+        ((1 << 51) + 512, [], {}, "multiple of 512"),
+        (MIB, [(-1, 10)], {}, "outside the disk"),
+        (MIB, [(0, 10), (MIB - 10, MIB + 1)], {}, "outside the disk"),
+        (MIB, [(20, 10)], {}, "outside the disk"),
+        (MIB, [], {"cluster_bits": 8}, "cluster_bits"),
+        (MIB, [], {"cluster_bits": 22}, "cluster_bits"),
+        (1 << 51, [(0, 1 << 51)], {}, "refcount limit"),  # refused before any allocation
+    ],
+)
+def test_layout_refuses_bad_input(
+    size: int, ranges: list[tuple[int, int]], kwargs: dict[str, int], match: str
+) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        Qcow2Layout(size, ranges, **kwargs)
+
+
+def test_cluster_host_offset_out_of_range() -> None:
+    layout = Qcow2Layout(MIB, [(0, 1)])
+    assert layout.cluster_host_offset(0) == layout.data_offset
+    for index in (-1, 1):
+        with pytest.raises(InternalError, match="out of range"):
+            layout.cluster_host_offset(index)
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_stream_refuses_a_wrong_length_read(delta: int) -> None:
+    layout = Qcow2Layout(MIB, [(0, 3 * CS)])
+    with pytest.raises(ChecksumMismatch, match="shrink"):
+        list(stream_qcow2(layout, lambda off, n: bytes(n + delta)))
+
+
+def test_stream_batches_consecutive_clusters_and_pads_the_tail() -> None:
+    size = 16 * MIB + 512
+    layout = Qcow2Layout(size, [(8 * MIB, 8 * MIB + 1), (0, 5 * MIB), (size - 1, size)])
+    calls: list[tuple[int, int]] = []
+
+    def read(offset: int, length: int) -> bytes:
+        calls.append((offset, length))
+        return b"\xff" * length
+
+    pieces = list(stream_qcow2(layout, read))
+    assert calls == [(0, 4 * MIB), (4 * MIB, MIB), (8 * MIB, CS), (16 * MIB, 512)]
+    assert sum(map(len, pieces)) == layout.object_size
+    assert pieces[-1] == b"\xff" * 512 + bytes(CS - 512)

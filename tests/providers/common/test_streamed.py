@@ -27,10 +27,10 @@ SECTOR = 512
 
 
 def _export(
-    src: Path, fmt: str, scratch: Path, **kwargs: Any
+    src: Path, fmt: str, scratch: Path, *, target: str = "vmdk", **kwargs: Any
 ) -> tuple[bytes, pipeline.ExportOutcome]:
     sink = MemorySink()
-    out = pipeline.export_image(src, fmt, "vmdk", sink, scratch_dir=scratch, **kwargs)
+    out = pipeline.export_image(src, fmt, target, sink, scratch_dir=scratch, **kwargs)
     assert sink.state == "committed"
     return bytes(sink.data), out
 
@@ -58,43 +58,45 @@ def _import(
     )
 
 
-@pytest.mark.parametrize("source", ["qcow2", "raw", "vdi"])
-def test_vmdk_export_is_streamed_without_scratch(
-    images: ImageSet, source: str, scratch_dir: Path, tmp_path: Path
+@pytest.mark.parametrize(
+    "case", ["raw:vmdk", "qcow2:vmdk", "vdi:vmdk", "vmdk-sparse:qcow2", "raw:qcow2", "vpc:qcow2"]
+)
+def test_export_is_streamed_without_scratch(
+    images: ImageSet, case: str, scratch_dir: Path, tmp_path: Path
 ) -> None:
+    source, target = case.split(":")
     stages: list[str] = []
     seen: list[tuple[int, int]] = []
     data, out = _export(
         images.path(source),
         qemu_img.info(images.path(source)).format,
         scratch_dir,
+        target=target,
         scratch_limit=0,  # no scratch at all
         on_stage=stages.append,
         progress=lambda done, total: seen.append((done, total)),
     )
-    assert (out.conversion, out.scratch_reserved, out.subformat) == (
-        "vmdk-stream",
-        0,
-        "monolithicSparse",
-    )
+    subformat = "monolithicSparse" if target == "vmdk" else None
+    assert (out.conversion, out.scratch_reserved, out.subformat) == ("stream", 0, subformat)
     assert stages == [pipeline.STAGE_UPLOADING]
     assert seen[-1] == (len(data), len(data))
     assert out.sha256 == hashlib.sha256(data).hexdigest()
     assert out.content_sha256 == images.reference
-    obj = tmp_path / "object.vmdk"
+    obj = tmp_path / f"object.{target}"
     obj.write_bytes(data)
-    assert qemu_img.check(obj, "vmdk").clean
-    info = qemu_img.info(obj, "vmdk")
-    assert (info.create_type, info.virtual_size) == ("monolithicSparse", VIRTUAL_SIZE)
-    assert qemu_img.compare(images.base, obj, a_format="raw", b_format="vmdk")
-    # Only data crosses the wire: grains of 64 KiB around the data, plus metadata.
+    assert qemu_img.check(obj, target).clean
+    info = qemu_img.info(obj, target)
+    assert (info.create_type, info.virtual_size) == (subformat, VIRTUAL_SIZE)
+    assert qemu_img.compare(images.base, obj, a_format="raw", b_format=target)
+    # Only data crosses the wire: 64 KiB units around the data, plus metadata.
     assert len(data) <= digest.data_layout(images.path(source)).data_bytes + 2 * MIB
 
 
-def test_vmdk_export_is_deterministic(images: ImageSet, scratch_dir: Path) -> None:
+@pytest.mark.parametrize("target", ["vmdk", "qcow2"])
+def test_streamed_export_is_deterministic(images: ImageSet, target: str, scratch_dir: Path) -> None:
     """A resumed S3 upload replays the stream and checks the parts already sent."""
-    first, _ = _export(images.path("qcow2"), "qcow2", scratch_dir)
-    second, _ = _export(images.path("qcow2"), "qcow2", scratch_dir)
+    first, _ = _export(images.path("raw"), "raw", scratch_dir, target=target)
+    second, _ = _export(images.path("raw"), "raw", scratch_dir, target=target)
     assert first == second
 
 
@@ -366,7 +368,7 @@ def test_vmdk_export_flattens_a_backing_chain_in_the_stream(
     expected = tmp_path / "expected.raw"
     qemu_img.convert(top, expected, src_format="qcow2", dst_format="raw")
     data, out = _export(top, "qcow2", scratch_dir, scratch_limit=0)
-    assert out.conversion == "vmdk-stream"
+    assert out.conversion == "stream"
     obj = tmp_path / "object.vmdk"
     obj.write_bytes(data)
     assert qemu_img.info(obj, "vmdk").backing_filename is None
