@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ import pytest
 
 from providers.common import digest, pipeline, qemu_img, sparsefile
 from providers.common.sparsefile import SparseWriter
-from storage import BackendOptions
+from storage import BackendOptions, open_backend
 from storage.nfs import NFSBackend
-from virtrigaud.errors import ChecksumMismatch, OutOfSpace
+from tests.servers.seaweedfs import SeaweedFS
+from virtrigaud.errors import ChecksumMismatch, OutOfSpace, Unavailable
 
 from .helpers import (
     BY_NAME,
@@ -328,3 +330,51 @@ def test_durable_imports_flush_the_image_and_others_do_not(
         images_synced = [p for p in synced if p.endswith(f"disk.{target}")]
         assert bool(images_synced) is durable, synced
         assert qemu_img.compare(images.base, dest, a_format="raw", b_format=target)
+
+
+@pytest.mark.parametrize("target", ["vmdk", "qcow2"])
+def test_a_streamed_export_resumes_on_s3_from_its_uploaded_parts(
+    seaweed: SeaweedFS, target: str, scratch_dir: Path, tmp_path: Path
+) -> None:
+    """The export breaks after 20 MiB (a transient error); the restarted export replays
+    the same stream, the parts on the server are verified, not sent again, and the
+    object is whole. A stream that differed in any byte would fail the replay."""
+    bucket = seaweed.create_bucket(f"resume-{secrets.token_hex(3)}")
+    source = tmp_path / "disk.raw"
+    write_raw(source, 96 * MIB, ((0, os.urandom(40 * MIB)), (60 * MIB, os.urandom(20 * MIB))))
+    key = f"virtrigaud/ns/vm-5eed/vda.{target}"
+
+    def backend() -> Any:
+        return open_backend(
+            "s3",
+            {"type": "s3", "bucket": bucket, "endpoint": seaweed.endpoint},
+            seaweed.credentials(),
+            BackendOptions(part_size=8 * MIB),
+            allowed_hosts=["127.0.0.1"],
+        )
+
+    def breaks(done: int, _total: int) -> None:
+        if done >= 20 * MIB:
+            raise Unavailable("the exporting process lost its network")
+
+    first = backend()
+    writer = first.open_writer(key)
+    with pytest.raises(Unavailable):
+        pipeline.export_image(source, "raw", target, writer, progress=breaks)
+    state = writer.detach()
+    assert state is not None and state.parts  # parts on the server, not aborted
+
+    second = backend()
+    resume = second.recover_state(key)
+    assert resume is not None and len(resume.parts) == len(state.parts)
+    with second.open_writer(key, resume=resume) as resumed:
+        out = pipeline.export_image(source, "raw", target, resumed, scratch_dir=scratch_dir)
+        assert out.conversion == "stream"
+        assert resumed.bytes_skipped >= 16 * MIB  # not sent again
+    stored = tmp_path / f"object.{target}"
+    with second.open_reader(key, expected_sha256=out.sha256) as reader, stored.open("wb") as f:
+        for chunk in reader:
+            f.write(chunk)
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == out.sha256
+    assert qemu_img.compare(source, stored, a_format="raw", b_format=target)
+    assert out.content_sha256 == reference_digest(source)
