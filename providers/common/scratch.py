@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Mapping
 from types import TracebackType
 
 from virtrigaud.errors import InvalidArgument, OutOfSpace
@@ -37,6 +38,16 @@ def parse_size(value: str, field: str) -> int:
     number, unit = int(match.group(1)), match.group(2).upper()
     scale: int = 1024 ** " KMGT".index(unit or " ")
     return number * scale
+
+
+def scratch_options(options: Mapping[str, str]) -> tuple[str | None, int | None]:
+    """A provider's ``scratchDir`` (an existing directory) and ``scratchLimit`` (a size)
+    options, checked: every provider takes them in this form."""
+    directory = options.get("scratchDir") or None
+    if directory is not None and not os.path.isdir(directory):
+        raise InvalidArgument(f"scratchDir: {directory!r} is not a directory")
+    limit = options.get("scratchLimit", "")
+    return directory, parse_size(limit, "scratchLimit") if limit else None
 
 
 class Scratch:

@@ -98,6 +98,16 @@ def resolve(location: pb.StorageLocation) -> ObjectRef:
 
 # The backends this module (and so every provider using it) reaches.
 STORAGE_BACKENDS = (pb.STORAGE_BACKEND_S3, pb.STORAGE_BACKEND_HTTP, pb.STORAGE_BACKEND_NFS)
+# The object formats export_to_storage writes (the pipeline's; vmdk and qcow2 from a
+# directly readable source are written in the stream).
+EXPORT_FORMATS = (
+    pb.DISK_FORMAT_QCOW2,
+    pb.DISK_FORMAT_RAW,
+    pb.DISK_FORMAT_VMDK,
+    pb.DISK_FORMAT_VDI,
+    pb.DISK_FORMAT_VPC,
+    pb.DISK_FORMAT_VHDX,
+)
 
 
 def open_location(

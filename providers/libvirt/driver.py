@@ -27,7 +27,6 @@ Storage hosts are checked against ``ProviderConfig.allowed_storage_hosts``.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Iterable
 
@@ -35,7 +34,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from providers.common import checks as common_checks
 from providers.common import transfer
-from providers.common.scratch import parse_size
+from providers.common.scratch import scratch_options
 from providers.libvirt import checks, exports, imports, inventory, lifecycle, snapshots, volxml
 from providers.libvirt.client import LibvirtClient
 from providers.libvirt.model import DiskInfo, NicInfo, SnapshotInfo, VmInfo
@@ -67,14 +66,7 @@ BASE_FEATURES = (
     pb.FEATURE_RESUMABLE_TRANSFER,  # S3 uploads continue from the parts already stored
 )
 # What the shared pipeline writes as objects, and what a pool volume can be.
-EXPORT_FORMATS = (
-    pb.DISK_FORMAT_QCOW2,
-    pb.DISK_FORMAT_RAW,
-    pb.DISK_FORMAT_VMDK,
-    pb.DISK_FORMAT_VDI,
-    pb.DISK_FORMAT_VPC,
-    pb.DISK_FORMAT_VHDX,
-)
+EXPORT_FORMATS = transfer.EXPORT_FORMATS
 IMPORT_FORMATS = (pb.DISK_FORMAT_QCOW2, pb.DISK_FORMAT_RAW)
 
 
@@ -309,12 +301,7 @@ class LibvirtDriver(ProviderDriver):
 
 
 def scratch_settings(options: dict[str, str]) -> exports.ScratchSettings:
-    directory = options.get("scratchDir") or None
-    if directory is not None and not os.path.isdir(directory):
-        raise errors.InvalidArgument(f"scratchDir: {directory!r} is not a directory")
-    limit_text = options.get("scratchLimit", "")
-    limit = parse_size(limit_text, "scratchLimit") if limit_text else None
-    return exports.ScratchSettings(directory, limit)
+    return exports.ScratchSettings(*scratch_options(options))
 
 
 def create(config: ProviderConfig) -> LibvirtDriver:

@@ -45,7 +45,7 @@ import threading
 
 from providers.common import checks as common_checks
 from providers.common import transfer
-from providers.common.scratch import parse_size
+from providers.common.scratch import scratch_options
 from providers.proxmox import checks, exports, imports, inventory, lifecycle, snapshots
 from providers.proxmox.api import Credentials, Endpoint, PveApi
 from providers.proxmox.node import LocalNode, NodeAccess, SshNode, SshSettings
@@ -75,14 +75,7 @@ FEATURES = (
     pb.FEATURE_UEFI,
     pb.FEATURE_GRACEFUL_SHUTDOWN,
 )
-EXPORT_FORMATS = (
-    pb.DISK_FORMAT_QCOW2,
-    pb.DISK_FORMAT_RAW,
-    pb.DISK_FORMAT_VMDK,
-    pb.DISK_FORMAT_VDI,
-    pb.DISK_FORMAT_VPC,
-    pb.DISK_FORMAT_VHDX,
-)
+EXPORT_FORMATS = transfer.EXPORT_FORMATS
 IMPORT_FORMATS = (pb.DISK_FORMAT_QCOW2, pb.DISK_FORMAT_RAW)
 
 
@@ -191,10 +184,7 @@ def _flag(options: dict[str, str], key: str, default: bool) -> bool:
 
 
 def settings_from(options: dict[str, str]) -> Settings:
-    directory = options.get("scratchDir") or None
-    if directory is not None and not os.path.isdir(directory):
-        raise errors.InvalidArgument(f"scratchDir: {directory!r} is not a directory")
-    limit_text = options.get("scratchLimit", "")
+    directory, limit = scratch_options(options)
     node_scratch = options.get("nodeScratchDir", "/var/tmp")  # noqa: S108 - on the node.rstrip("/") or "/"
     if not node_scratch.startswith("/"):
         raise errors.InvalidArgument("nodeScratchDir: must be an absolute path on the node")
@@ -202,9 +192,7 @@ def settings_from(options: dict[str, str]) -> Settings:
         default_storage=options.get("storage", "local-lvm"),
         import_storage=options.get("importStorage", ""),
         node_scratch=node_scratch,
-        scratch=ScratchSettings(
-            directory, parse_size(limit_text, "scratchLimit") if limit_text else None
-        ),
+        scratch=ScratchSettings(directory, limit),
         remove_imported=_flag(options, "removeImportedAfterCreate", False),
     )
 

@@ -57,14 +57,7 @@ FEATURES = (
     pb.FEATURE_UEFI,
     pb.FEATURE_RESUMABLE_TRANSFER,  # datastore reads resume (Range); S3 uploads resume
 )
-EXPORT_FORMATS = (
-    pb.DISK_FORMAT_VMDK,
-    pb.DISK_FORMAT_QCOW2,
-    pb.DISK_FORMAT_RAW,
-    pb.DISK_FORMAT_VDI,
-    pb.DISK_FORMAT_VPC,
-    pb.DISK_FORMAT_VHDX,
-)
+EXPORT_FORMATS = transfer.EXPORT_FORMATS
 IMPORT_FORMATS = (pb.DISK_FORMAT_VMDK,)
 
 

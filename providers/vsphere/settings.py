@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from providers.common.scratch import parse_size
+from providers.common.scratch import scratch_options
 from providers.runtime.driver import ProviderConfig
 from virtrigaud import errors
 
@@ -148,10 +148,7 @@ def from_config(config: ProviderConfig) -> Settings:
         insecure=parse_bool(options, "insecureSkipTLSVerify"),
     )
     tls.context()  # refuse unusable certificates at start-up
-    scratch_dir = options.get("scratchDir") or None
-    if scratch_dir is not None and not os.path.isdir(scratch_dir):
-        raise errors.InvalidArgument(f"scratchDir: {scratch_dir!r} is not a directory")
-    limit = options.get("scratchLimit", "")
+    scratch_dir, scratch_limit = scratch_options(options)
     method = options.get("exportMethod", "datastore") or "datastore"
     if method not in EXPORT_METHODS:
         raise errors.InvalidArgument(f"exportMethod: {method!r} is not datastore or nfc")
@@ -168,6 +165,6 @@ def from_config(config: ProviderConfig) -> Settings:
         connect_timeout=parse_seconds(options, "connectTimeout", 30.0),
         task_timeout=parse_seconds(options, "taskTimeout", 4 * 3600.0),
         scratch_dir=scratch_dir,
-        scratch_limit=parse_size(limit, "scratchLimit") if limit else None,
+        scratch_limit=scratch_limit,
         export_method=method,
     )
