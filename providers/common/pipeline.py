@@ -47,7 +47,7 @@ vpc, vhdx           scratch file (scratch <= allocated data),   self-contained (
 Objects are single files: a vmdk object is monolithicSparse (default) or
 streamOptimized, never monolithicFlat. The content digest of an export is computed from
 the source, in a thread running alongside the conversion/upload (raw objects and streamed
-vmdk: in the same pass as the upload); sources that cannot be read directly (compressed
+vmdk/qcow2 objects: in the same pass as the upload); sources that cannot be read directly (compressed
 qcow2, streamOptimized vmdk, vhdx) are digested from the converted scratch file when that
 one can, else through the digest module's raw-copy fallback. vmdk and qcow2 are the
 object formats the streamed path serves: the native formats of vSphere and of
@@ -707,12 +707,10 @@ def _import(
     prefix: list[bytes] = []
     if req.streamed:
         try:
-            return _import_streamed(
-                chunks, transport, req, staged, prefix=prefix, scratch=scratch, ctx=ctx
-            )
-        except streamed.NotStreamable:
-            # Nothing was written yet; ``prefix`` holds every chunk received so far.
-            ctx.report(transport.size, req.size or 0)
+            return _import_streamed(chunks, transport, req, staged, scratch=scratch, ctx=ctx)
+        except streamed.NotStreamable as exc:
+            # Nothing was written yet; ``consumed`` holds every byte received so far.
+            prefix.append(exc.consumed)
     if req.passthrough:
         received = staged
     else:
@@ -836,16 +834,15 @@ def _import_streamed(
     req: _ImportRequest,
     staged: str,
     *,
-    prefix: list[bytes],
     scratch: Scratch,
     ctx: _Context,
 ) -> ImportOutcome:
     """Decode the object while it arrives, straight into the destination (``streamed``).
 
     Chunks are decoded in the receiving thread until the destination exists (an object
-    refused as not streamable is refused before that, and every chunk received so far is
-    left in ``prefix`` for the scratch path); after that a second thread decodes and
-    writes while this one receives and hashes.
+    refused as not streamable is refused before that, with every byte received so far
+    in ``NotStreamable.consumed`` for the scratch path); after that a second thread
+    decodes and writes while this one receives and hashes.
     """
     ctx.stage(STAGE_DOWNLOADING)
     importer = streamed.StreamedImport(
@@ -858,10 +855,8 @@ def _import_streamed(
             if behind is not None:
                 behind.put(chunk)
             else:
-                prefix.append(chunk)
                 importer.feed(chunk)
                 if importer.started:
-                    prefix.clear()
                     behind = _WriteBehind(importer.feed)
             ctx.report(transport.size, req.size or 0)
         if behind is not None:

@@ -22,9 +22,9 @@ Virtual size: qemu keeps the size in bytes but reads it as whole 512-byte sector
 size that is not a multiple of 512 would hide the tail (``qemu-img create`` rounds up);
 it is refused, as is anything above qemu's L1 limit (2 PiB with 64 KiB clusters).
 
-Memory: 8 bytes per stored cluster (its L2 slot and host cluster) plus a 1 KiB
-"written" bitmap per touched 512 MiB guest range and one cluster of assembly buffer.
-Data is never held beyond the cluster being assembled.
+Memory: per touched 512 MiB guest range, its L2 slots' host clusters (4 bytes each: 32
+KiB) and a 1 KiB "written" bitmap -- at most 66 MiB per TiB of virtual disk -- plus one
+cluster of assembly buffer. Data is never held beyond the cluster being assembled.
 
 **Metadata first** (``Qcow2Layout`` + ``stream_qcow2``): when the allocation is known
 before any data is read (an export: ``qemu-img map`` of the source), the whole layout is
@@ -160,7 +160,13 @@ class Qcow2StreamWriter:
         self._cur: int | None = None  # its guest cluster index
         self._fill = 0  # end of the last write into it
         self._next_host = 1  # cluster 0 is the header
-        self._entries: dict[int, array[int]] = {}  # l1 index -> host << l2_bits | slot
+        # L1 index -> the host cluster of each slot of that L2 table (0: not stored), made
+        # when the table's range is first stored into: 4 bytes per guest cluster of a
+        # touched 512 MiB range, whatever the order the clusters come in.
+        self._entries: dict[int, array[int]] = {}
+        # Data clusters never outnumber the guest's: 32-bit host indexes unless huge.
+        self._host_type = "I" if (virtual_size >> cluster_bits) < (1 << 32) - 1 else "Q"
+        self._l2_entries_bytes = array(self._host_type).itemsize << self._l2_bits
         self._seen: dict[int, bytearray] = {}  # l1 index -> bitmap of flushed/claimed slots
         self._state = "open"
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
@@ -249,11 +255,12 @@ class Qcow2StreamWriter:
         in both guest and host space, clipped to the virtual size."""
         self._require("closed", "map")
         runs: list[MappedRun] = []
-        mask = (1 << self._l2_bits) - 1
         for l1 in sorted(self._entries):
-            for value in sorted(self._entries[l1], key=lambda v: v & mask):
-                start = ((l1 << self._l2_bits) + (value & mask)) * self._cs
-                host = (value >> self._l2_bits) * self._cs
+            for slot, host_cluster in enumerate(self._entries[l1]):
+                if not host_cluster:
+                    continue
+                start = ((l1 << self._l2_bits) + slot) * self._cs
+                host = host_cluster * self._cs
                 length = min(self._cs, self.virtual_size - start)
                 last = runs[-1] if runs else None
                 if last and last.start + last.length == start and last.host + last.length == host:
@@ -315,7 +322,10 @@ class Qcow2StreamWriter:
             self._write_pending()
         self._next_host += 1
         l1, slot = divmod(cluster, 1 << self._l2_bits)
-        self._entries.setdefault(l1, array("Q")).append(host << self._l2_bits | slot)
+        table = self._entries.get(l1)
+        if table is None:
+            table = self._entries[l1] = array(self._host_type, bytes(self._l2_entries_bytes))
+        table[slot] = host
 
     def _finish(self) -> None:
         cs, l1_indexes = self._cs, sorted(self._entries)
@@ -327,12 +337,9 @@ class Qcow2StreamWriter:
         total = ref_first + blocks + table
         if table * cs > MAX_REFTABLE_BYTES:
             raise InvalidArgument(f"{self.path}: {total} clusters exceed qemu's refcount limit")
-        mask = (1 << self._l2_bits) - 1
         l1_table = array("Q", bytes(l1_clusters * cs))
         for i, l1 in enumerate(l1_indexes):
-            l2 = array("Q", bytes(cs))
-            for value in self._entries[l1]:
-                l2[value & mask] = (value >> self._l2_bits) * cs | COPIED
+            l2 = array("Q", (h * cs | COPIED if h else 0 for h in self._entries[l1]))
             self._pwrite(_big_endian(l2), (first_l2 + i) * cs)
             l1_table[l1] = (first_l2 + i) * cs | COPIED
         if l1_clusters:

@@ -250,11 +250,12 @@ class StreamedResult:
 class StreamedImport:
     """Decodes an object's bytes as they arrive and writes the guest data to ``path``.
 
-    ``feed`` the object's bytes in order, then ``finish``. The destination is created at
-    the first guest data (a vmdk's virtual size is in its header; a raw object's is its
-    ``size``, which must then be known). Raises ``NotStreamable`` from ``feed`` before
-    anything is written when the object cannot be decoded in the stream; its
-    ``consumed`` holds every byte fed, for the caller's fallback.
+    ``feed`` the object's bytes in order, then ``finish``. The destination is created
+    once the object's metadata is known (a vmdk's header and grain tables; a raw
+    object's ``size``, which must then be known). Raises ``NotStreamable`` (from the
+    constructor or from ``feed``) before anything is written when the object cannot be
+    decoded in the stream; its ``consumed`` holds every byte fed, for the caller's
+    fallback.
     """
 
     def __init__(

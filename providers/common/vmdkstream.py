@@ -270,8 +270,9 @@ class SparseVmdkStreamReader:
         self._needed = SECTOR  # metadata bytes needed for the next parsing step
         self._fields: tuple[int, ...] | None = None
         self._gts: list[tuple[int, int]] | None = None  # (GD index, GT byte offset)
-        self._hosts: array[int] = array("Q")  # grain byte offsets in the object, ascending
-        self._guests: array[int] = array("Q")  # their guest grain indexes
+        # 8 bytes per allocated grain: its sector in the object (ascending), its guest index.
+        self._hosts: array[int] = array("I")
+        self._guests: array[int] = array("I")
         self._next = 0
         self._done = False
 
@@ -304,7 +305,7 @@ class SparseVmdkStreamReader:
                 f"metadata (at least {self._needed} bytes expected)"
             )
         if self._next < len(self._hosts):
-            end = self._hosts[-1] + GRAIN_SIZE
+            end = self._hosts[-1] * SECTOR + GRAIN_SIZE
             raise ChecksumMismatch(
                 f"truncated vmdk: the object ends after {self.position} bytes but its "
                 f"grains extend to {end}"
@@ -436,7 +437,7 @@ class SparseVmdkStreamReader:
         assert self.virtual_size is not None
         last_grain = -(-self.virtual_size // GRAIN_SIZE)
         zero_flag = bool(flags & FLAG_ZERO_GRAIN)
-        keys: list[int] = []
+        hosts, guests = array("I"), array("I")  # in guest order first
         zeroed = 0
         for index, offset in self._gts:
             table = _le32(self._meta[offset : offset + gtes * 4])
@@ -452,37 +453,41 @@ class SparseVmdkStreamReader:
                         f"metadata (sector {sector})"
                     )
                 else:
-                    keys.append(sector << 32 | guest)
-        keys.sort()
-        hosts = array("Q", ((k >> 32) * SECTOR for k in keys))
-        guests = array("Q", (k & 0xFFFFFFFF for k in keys))
+                    hosts.append(sector)
+                    guests.append(guest)
+        # Usually the grains are stored in guest order; otherwise sort them by host offset.
+        ascending = all(hosts[i - 1] < hosts[i] for i in range(1, len(hosts)))
+        if not ascending:
+            order = sorted(range(len(hosts)), key=hosts.__getitem__)
+            hosts = array("I", (hosts[i] for i in order))
+            guests = array("I", (guests[i] for i in order))
         for i in range(1, len(hosts)):
-            if hosts[i] - hosts[i - 1] < GRAIN_SIZE:
+            if (hosts[i] - hosts[i - 1]) * SECTOR < GRAIN_SIZE:
                 what = "the same grain" if hosts[i] == hosts[i - 1] else "overlapping grains"
                 raise self._refuse(f"two vmdk grain table entries point at {what}")
         self._hosts, self._guests = hosts, guests
-        self.grains_ascending = all(guests[i - 1] < guests[i] for i in range(1, len(guests)))
+        self.grains_ascending = ascending
         self.data_bytes = len(hosts) * GRAIN_SIZE
         self.zeroed_grains = zeroed
 
     # -- data
 
     def _pieces(self, view: memoryview, base: int) -> list[tuple[int, memoryview]]:
-        hosts, guests, n = self._hosts, self._guests, len(self._hosts)
+        sectors, guests, n = self._hosts, self._guests, len(self._hosts)
         assert self.virtual_size is not None
         end, i, pieces = base + len(view), self._next, []
-        while i < n and hosts[i] < end:
+        while i < n and sectors[i] * SECTOR < end:
             j = i
             while (
                 j + 1 < n
-                and hosts[j + 1] == hosts[j] + GRAIN_SIZE
+                and sectors[j + 1] == sectors[j] + GRAIN_SECTORS
                 and guests[j + 1] == guests[j] + 1
-                and hosts[j + 1] < end
+                and sectors[j + 1] * SECTOR < end
             ):
                 j += 1
-            run_end = hosts[j] + GRAIN_SIZE
-            lo = max(hosts[i], base)
-            guest = guests[i] * GRAIN_SIZE + lo - hosts[i]
+            run_end = sectors[j] * SECTOR + GRAIN_SIZE
+            lo = max(sectors[i] * SECTOR, base)
+            guest = guests[i] * GRAIN_SIZE + lo - sectors[i] * SECTOR
             length = min(min(run_end, end) - lo, self.virtual_size - guest)
             if length > 0:
                 pieces.append((guest, view[lo - base : lo - base + length]))
