@@ -6,11 +6,14 @@ before the upload or after the download: the transfer waits for the conversion, 
 scratch must hold a copy of the data. For the commonest pairs we write and read the
 formats ourselves, in the same pass as the transfer:
 
-- **export to a monolithicSparse vmdk** from a source whose data can be read directly
-  (raw, uncompressed qcow2, ...: ``DataLayout.direct``): the allocation map is known
-  before any data is read, so the whole vmdk metadata goes first and the grains follow
-  in guest order (``vmdkstream.SparseVmdkLayout``). The source is read once, chunk by
-  chunk, and every chunk feeds the content digest (in a hashing thread) and the sink.
+- **export to a monolithicSparse vmdk or a qcow2 object** from a source whose data can
+  be read directly (raw, uncompressed qcow2, sparse or flat vmdk, vdi, vpc, backing
+  chains: ``DataLayout.direct``): the allocation map is known before any data is read,
+  so the whole metadata goes first and the 64 KiB data units follow in guest order
+  (``vmdkstream.SparseVmdkLayout``, ``qcow2stream.Qcow2Layout``). The source is read
+  once, chunk by chunk, and every chunk feeds the content digest (in hashing threads)
+  and the sink. The bytes depend only on the source, so a resumed upload can replay
+  them.
 - **import of a monolithicSparse vmdk or a raw object into qcow2 or raw**: the object is
   decoded as it arrives (``vmdkstream.SparseVmdkStreamReader``: metadata first, then the
   grains) and the guest data is written straight into the destination
@@ -25,10 +28,11 @@ overwrite live data later) and ``qemu-img map`` must place every guest range exa
 the host offset it was written to, and nothing else. Equal placement of hashed bytes is
 the same proof as hashing the written image again, without the second pass.
 
-Not streamable, and taken by the scratch path instead: compressed or multi-file vmdk
-(streamOptimized, monolithicFlat), a vmdk whose metadata does not precede its grains,
-other formats, and a vmdk whose grains are not in guest order when the destination is
-raw (the content digest is then computed from the written image).
+Not streamable, and taken by the scratch path instead: a streamOptimized vmdk (and
+anything else ``SparseVmdkStreamReader`` refuses as ``NotStreamable``, e.g. metadata
+after the grains), a raw object of unknown size, and every other pair. A vmdk whose
+grains are stored out of guest order is still streamed; its content digest is then
+computed from the written image afterwards.
 """
 
 from __future__ import annotations
