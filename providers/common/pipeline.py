@@ -47,11 +47,11 @@ vpc, vhdx           scratch file (scratch <= allocated data),   self-contained (
 Objects are single files: a vmdk object is monolithicSparse (default) or
 streamOptimized, never monolithicFlat. The content digest of an export is computed from
 the source, in a thread running alongside the conversion/upload (raw objects and streamed
-vmdk/qcow2 objects: in the same pass as the upload); sources that cannot be read directly (compressed
-qcow2, streamOptimized vmdk, vhdx) are digested from the converted scratch file when that
-one can, else through the digest module's raw-copy fallback. vmdk and qcow2 are the
-object formats the streamed path serves: the native formats of vSphere and of
-libvirt/Proxmox, which the manager picks for the object.
+vmdk/qcow2 objects: in the same pass as the upload); sources that cannot be read
+directly (compressed qcow2, streamOptimized vmdk, vhdx) are digested from the converted
+scratch file when that one can, else through the digest module's raw-copy fallback.
+vmdk and qcow2 are the object formats the streamed path serves: the native formats of
+vSphere and of libvirt/Proxmox, which the manager picks for the object.
 
 Import (object of format ``S`` -> destination image of format ``T``):
 
