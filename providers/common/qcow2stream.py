@@ -57,7 +57,7 @@ from types import TracebackType
 from virtrigaud.errors import AlreadyExists, ChecksumMismatch, InternalError, InvalidArgument
 
 from . import qemu_img
-from .sparsefile import is_zero, os_error
+from .sparsefile import is_zero, os_error, pwrite_all, unit_runs
 
 CLUSTER_BITS = 16
 CLUSTER_SIZE = 1 << CLUSTER_BITS
@@ -385,13 +385,7 @@ class Qcow2StreamWriter:
     def _pwrite(self, data: bytes | bytearray | memoryview, offset: int) -> None:
         if self._fd is None:
             raise InternalError(f"qcow2 image {self.path} is not open")
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.pwrite(self._fd, view, offset)
-            except OSError as exc:
-                raise os_error(exc, self.path) from exc
-            view, offset = view[written:], offset + written
+        pwrite_all(self._fd, data, offset, self.path)
 
 
 _MAX_PENDING = 256  # clusters per pwritev (16 MiB of 64 KiB clusters; IOV_MAX is 1024)
@@ -439,19 +433,8 @@ class Qcow2Layout:
         self.cluster_bits = cluster_bits
         self.cluster_size = cs = 1 << cluster_bits
         self._l2_bits = l2_bits = cluster_bits - 3
-        runs: list[list[int]] = []  # [first, stop) guest clusters, ascending and disjoint
-        for start, end in sorted(data_ranges):
-            if not 0 <= start <= end <= virtual_size:
-                raise InvalidArgument(
-                    f"data range ({start}, {end}) is outside the disk of {virtual_size} bytes"
-                )
-            if start == end:
-                continue
-            first, stop = start >> cluster_bits, _ceil_div(end, cs)
-            if runs and first <= runs[-1][1]:
-                runs[-1][1] = max(runs[-1][1], stop)
-            else:
-                runs.append([first, stop])
+        # [first, stop) guest clusters, ascending and disjoint.
+        runs = unit_runs(data_ranges, virtual_size, cs)
         count = sum(stop - first for first, stop in runs)
         # The L1 indexes of the L2 tables, ascending (below 2**22: the L1 limit).
         self._tables: array[int] = array("I")

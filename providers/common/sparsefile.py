@@ -12,12 +12,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from virtrigaud.errors import (
     Cancelled,
     InternalError,
+    InvalidArgument,
     NotFound,
     OutOfSpace,
     PermissionDenied,
@@ -162,32 +163,39 @@ class SparseWriter:
         *,
         on_allocate: Callable[[int], None] | None = None,
         durable: bool = True,
+        length: int = 0,
     ) -> None:
         self.path = path
         self.size = 0
         self.allocated = 0
         self._on_allocate = on_allocate
         self._durable = durable
+        self._length = length  # the file's length at close at least (a disk's size)
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
         self._fd: int | None = os.open(path, flags, 0o600)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """``data`` after everything written so far."""
+        self.write_at(self.size, data)
+
+    def write_at(self, offset: int, data: bytes | memoryview) -> None:
+        """``data`` at ``offset``; all-zero blocks (``ZERO_BLOCK``, file-aligned) stay holes."""
         run_start = -1
         pos = 0
         while pos < len(data):
-            n = min(len(data) - pos, ZERO_BLOCK - (self.size + pos) % ZERO_BLOCK)
+            n = min(len(data) - pos, ZERO_BLOCK - (offset + pos) % ZERO_BLOCK)
             # A non-zero first byte settles the block without copying it (dense data);
             # only blocks starting with a zero are compared in full.
             if data[pos] == 0 and data[pos : pos + n] == _ZEROS_BLOCK[:n]:
                 if run_start >= 0:
-                    self._pwrite(data[run_start:pos], self.size + run_start)
+                    self._pwrite(data[run_start:pos], offset + run_start)
                     run_start = -1
             elif run_start < 0:
                 run_start = pos
             pos += n
         if run_start >= 0:
-            self._pwrite(data[run_start:] if run_start else data, self.size + run_start)
-        self.size += len(data)
+            self._pwrite(data[run_start:] if run_start else data, offset + run_start)
+        self.size = max(self.size, offset + len(data))
 
     def close(self) -> None:
         """Set the final length (trailing holes included) and flush to disk (if durable)."""
@@ -195,7 +203,7 @@ class SparseWriter:
             return
         fd, self._fd = self._fd, None
         try:
-            os.ftruncate(fd, self.size)
+            os.ftruncate(fd, max(self.size, self._length))
             if self._durable:
                 os.fsync(fd)
         except OSError as exc:
@@ -211,19 +219,45 @@ class SparseWriter:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path)
 
-    def _pwrite(self, data: bytes, offset: int) -> None:
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
         assert self._fd is not None, "write after close"
         if self._on_allocate is not None:
             self._on_allocate(len(data))
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.pwrite(self._fd, view, offset)
-            except OSError as exc:
-                raise os_error(exc, self.path) from exc
-            view = view[written:]
-            offset += written
+        pwrite_all(self._fd, data, offset, self.path)
         self.allocated += len(data)
+
+
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int, path: str) -> None:
+    """All of ``data`` at ``offset`` of ``fd`` (``os.pwrite`` may write less); errors as
+    virtrigaud errors naming ``path``."""
+    view = memoryview(data)
+    while view:
+        try:
+            written = os.pwrite(fd, view, offset)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+        view = view[written:]
+        offset += written
+
+
+def unit_runs(ranges: Iterable[tuple[int, int]], size: int, unit: int) -> list[list[int]]:
+    """The ``[first, stop)`` runs of ``unit``-byte blocks that the byte ranges
+    ``(start, end)`` touch, sorted and merged where they touch or overlap; the ranges may
+    come in any order, unaligned and overlapping, but must lie within ``[0, size]``."""
+    runs: list[list[int]] = []
+    for start, end in sorted(ranges):
+        if not 0 <= start <= end <= size:
+            raise InvalidArgument(
+                f"data range ({start}, {end}) is outside the disk of {size} bytes"
+            )
+        if start == end:
+            continue
+        first, stop = start // unit, -(-end // unit)
+        if runs and first <= runs[-1][1]:
+            runs[-1][1] = max(runs[-1][1], stop)
+        else:
+            runs.append([first, stop])
+    return runs
 
 
 def os_error(exc: OSError, path: str | None = None) -> VirtrigaudError:

@@ -37,8 +37,6 @@ computed from the written image afterwards.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,7 +56,7 @@ from .digest import (
 )
 from .qcow2stream import CLUSTER_SIZE, Qcow2Layout, Qcow2StreamWriter, map_matches
 from .qemu_img import CancelToken
-from .sparsefile import ZERO_BLOCK, os_error
+from .sparsefile import SparseWriter
 from .vmdkstream import GRAIN_SIZE, NotStreamable, SparseVmdkLayout, SparseVmdkStreamReader
 
 Report = Callable[[int, int], None]
@@ -178,77 +176,19 @@ def _run_end(units: array[int], u: int, limit: int) -> int:
 
 
 class _Destination(Protocol):
-    def write(self, offset: int, data: bytes | memoryview) -> None: ...
-
     def close(self) -> None: ...
 
     def abort(self) -> None: ...
-
-
-class RawImageWriter:
-    """A new raw image written at guest offsets; zero blocks stay holes."""
-
-    def __init__(self, path: str, virtual_size: int, *, durable: bool = True) -> None:
-        self.path = path
-        self.virtual_size = virtual_size
-        self.data_bytes = 0
-        self._durable = durable
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self._fd: int | None = os.open(path, flags, 0o600)
-        except OSError as exc:
-            raise os_error(exc, path) from exc
-
-    def write(self, offset: int, data: bytes | memoryview) -> None:
-        assert self._fd is not None, "write after close"
-        view = memoryview(data)
-        run = -1  # start of the current run of non-zero blocks: one pwrite per run
-        for pos in range(0, len(view), ZERO_BLOCK):
-            block = view[pos : pos + ZERO_BLOCK]
-            if block[0] == 0 and block == bytes(len(block)):
-                if run >= 0:
-                    self._pwrite(view[run:pos], offset + run)
-                    run = -1
-            elif run < 0:
-                run = pos
-        if run >= 0:
-            self._pwrite(view[run:], offset + run)
-
-    def close(self) -> None:
-        if self._fd is None:
-            return
-        fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, self.virtual_size)
-            if self._durable:
-                os.fsync(fd)
-        except OSError as exc:
-            raise os_error(exc, self.path) from exc
-        finally:
-            os.close(fd)
-
-    def abort(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-
-    def _pwrite(self, view: memoryview, offset: int) -> None:
-        assert self._fd is not None
-        while view:
-            try:
-                n = os.pwrite(self._fd, view, offset)
-            except OSError as exc:
-                raise os_error(exc, self.path) from exc
-            view, offset = view[n:], offset + n
-            self.data_bytes += n
 
 
 @dataclass(frozen=True)
 class StreamedResult:
     virtual_size: int
     content_sha256: str | None  # None: not computable in the stream (grains out of order)
+
+
+def _not_open(_offset: int, _data: memoryview) -> None:
+    raise InternalError("streamed import: write before the destination exists")
 
 
 class StreamedImport:
@@ -285,6 +225,7 @@ class StreamedImport:
         if src_format == "raw" and size is not None:
             self._virtual = -(-size // _SECTOR) * _SECTOR
         self._dest: _Destination | None = None
+        self._write: Callable[[int, memoryview], None] = _not_open
         self._content: ContentHasher | None = None
         self._hashed = 0  # guest bytes fed to the content digest, in order
 
@@ -295,11 +236,12 @@ class StreamedImport:
 
     def feed(self, data: bytes) -> None:
         for offset, decoded in self._decode(data):
-            dest = self._dest or self._open()
+            if self._dest is None:
+                self._open()
             piece = decoded[: max(self._size - offset, 0)]  # no padding past the end
             if not piece:
                 continue
-            dest.write(offset, piece)
+            self._write(offset, piece)
             if self._content is not None:
                 if offset < self._hashed:
                     self._content.close()
@@ -361,9 +303,11 @@ class StreamedImport:
             self._virtual = self._parser.virtual_size
         size = self._size
         if self._target == "qcow2":
-            self._dest = Qcow2StreamWriter(self._path, size, durable=self._durable)
-        else:
-            self._dest = RawImageWriter(self._path, size, durable=self._durable)
+            qcow2 = Qcow2StreamWriter(self._path, size, durable=self._durable)
+            self._dest, self._write = qcow2, qcow2.write
+        else:  # raw: the disk itself, written in place, zero blocks left as holes
+            raw = SparseWriter(self._path, durable=self._durable, length=size)
+            self._dest, self._write = raw, raw.write_at
         if self._parser is None or self._parser.grains_ascending is not False:
             # Hashed in a thread of its own: the caller's thread decodes and writes.
             self._content = ContentHasher(size, threads=1)

@@ -48,6 +48,8 @@ from functools import cached_property
 
 from virtrigaud.errors import ChecksumMismatch, InternalError, InvalidArgument, VirtrigaudError
 
+from .sparsefile import unit_runs
+
 SECTOR = 512
 GRAIN_SECTORS = 128
 GRAIN_SIZE = GRAIN_SECTORS * SECTOR  # 65536
@@ -128,19 +130,7 @@ class SparseVmdkLayout:
         self.virtual_size = virtual_size
         self.capacity_sectors = _sectors(virtual_size)
         self.name = name
-        runs: list[list[int]] = []
-        for start, end in sorted(data_ranges):
-            if not 0 <= start <= end <= virtual_size:
-                raise InvalidArgument(
-                    f"data range ({start}, {end}) is outside the disk of {virtual_size} bytes"
-                )
-            if start == end:
-                continue
-            first, stop = start // GRAIN_SIZE, -(-end // GRAIN_SIZE)
-            if runs and first <= runs[-1][1]:
-                runs[-1][1] = max(runs[-1][1], stop)
-            else:
-                runs.append([first, stop])
+        runs = unit_runs(data_ranges, virtual_size, GRAIN_SIZE)
         grains_total = -(-self.capacity_sectors // GRAIN_SECTORS)
         self._gt_count = -(-grains_total // GTES_PER_GT)
         self._gd_sectors = _sectors(self._gt_count * 4)
